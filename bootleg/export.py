@@ -1,0 +1,115 @@
+"""Saving and loading trained encoders (``encoder.safetensors``), also into timm.
+
+    >>> import timm, json
+    >>> from safetensors import safe_open
+    >>> from safetensors.torch import load_file
+    >>> meta = safe_open("encoder.safetensors", "pt").metadata()
+    >>> model = timm.create_model(**json.loads(meta["timm_kwargs"]))
+    >>> model.load_state_dict(load_file("encoder.safetensors"))
+
+``bootleg.export.load_timm(path)`` does the same in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from bootleg.errors import BootlegError
+from bootleg.models import ViTEncoder
+
+ENCODER_FILE = "encoder.safetensors"
+
+
+def atomic_write_bytes(path: Path, writer: Any) -> None:
+    """Call ``writer(tmp_path)`` then rename over ``path``: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_encoder(
+    encoder: ViTEncoder, path: Path, extra: dict[str, str] | None = None
+) -> None:
+    """Write the encoder's weights (timm key names) with its architecture as metadata."""
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in encoder.state_dict().items()
+    }
+    meta = {
+        "format": "bootleg-encoder/1",
+        "arch": json.dumps(encoder.arch()),
+        "timm_kwargs": json.dumps(encoder.timm_kwargs()),
+    }
+    meta.update(extra or {})
+    atomic_write_bytes(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def resolve_encoder_path(path: str | Path) -> Path:
+    """A run folder or an ``encoder.safetensors`` file -> the weights file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ENCODER_FILE
+    if not p.is_file():
+        raise BootlegError(
+            f"{p}: no encoder weights; expected a run folder holding {ENCODER_FILE} or the file itself"
+        )
+    return p
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    p = resolve_encoder_path(path)
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BootlegError(f"{p}: not a readable safetensors file ({e})") from None
+    if "arch" not in meta:
+        raise BootlegError(
+            f"{p}: no 'arch' metadata; expected an encoder written by bootleg"
+        )
+    return meta
+
+
+def load_encoder(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> ViTEncoder:
+    """Rebuild a :class:`ViTEncoder` from a run folder or ``encoder.safetensors``."""
+    p = resolve_encoder_path(path)
+    meta = read_metadata(p)
+    encoder = ViTEncoder(**json.loads(meta["arch"]))
+    try:
+        state = load_file(str(p), device=str(map_location))
+        encoder.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise BootlegError(
+            f"{p}: weights do not match the saved architecture ({first})"
+        ) from None
+    return encoder.to(map_location).eval()
+
+
+def load_timm(path: str | Path) -> torch.nn.Module:
+    """The same encoder as a ``timm`` VisionTransformer (head-less)."""
+    import timm
+
+    p = resolve_encoder_path(path)
+    kwargs = json.loads(read_metadata(p)["timm_kwargs"])
+    model = timm.create_model(**kwargs)
+    model.load_state_dict(load_file(str(p)), strict=True)
+    return model.eval()

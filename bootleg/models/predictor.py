@@ -1,0 +1,85 @@
+"""ViT predictor: the K mask regions of an image are processed in parallel, each with
+its own copy of the context, so regions never attend to each other (Sec. 4)."""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from bootleg.models.pos_embed import sincos_2d
+
+
+class ViTPredictor(nn.Module):
+    """Context tokens + mask tokens -> one linear projection to the full target length.
+
+    Token order per region: [predictor registers, context (CLS?, visible patches), mask
+    tokens]. Frozen sin-cos position embeddings are added to visible and mask tokens.
+    """
+
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        enc_dim: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        out_dim: int,
+        reg_tokens: int = 4,
+        num_ctx_prefix: int = 1,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.grid, self.num_ctx_prefix, self.num_reg = grid, num_ctx_prefix, reg_tokens
+        self.embed = nn.Linear(enc_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.reg_token = (
+            nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        )
+        self.register_buffer(
+            "pos_embed", sincos_2d(embed_dim, grid), persistent=False
+        )  # (N, d)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.proj = nn.Linear(embed_dim, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for tok in (self.mask_token, self.reg_token):
+            if tok is not None:
+                nn.init.normal_(tok, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(
+        self, ctx: torch.Tensor, enc_idx: torch.Tensor, pred_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """ctx (B, C + L, enc_dim): encoder output with ``C = num_ctx_prefix`` leading global
+        tokens (CLS) and L visible patches; enc_idx (B, L); pred_idx (B, K, P).
+
+        Returns predictions (B, K, P, out_dim).
+        """
+        b, k, p = pred_idx.shape
+        c = self.num_ctx_prefix
+        x = self.embed(ctx)
+        pos = self.pos_embed.to(x.dtype)
+        x = torch.cat([x[:, :c], x[:, c:] + pos[enc_idx]], dim=1)  # (B, C+L, d)
+        m = self.mask_token.to(x.dtype) + pos[pred_idx]  # (B, K, P, d)
+        x = (
+            x.unsqueeze(1)
+            .expand(b, k, *x.shape[1:])
+            .reshape(b * k, x.shape[1], x.shape[2])
+        )
+        parts = [x, m.reshape(b * k, p, -1)]
+        if self.reg_token is not None:
+            parts.insert(0, self.reg_token.to(x.dtype).expand(b * k, -1, -1))
+        x = torch.cat(parts, dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        out = self.proj(self.norm(x[:, -p:]))
+        return out.reshape(b, k, p, -1)
