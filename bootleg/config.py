@@ -50,13 +50,9 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
         if self.img_size % self.patch_size:
-            raise ValueError(
-                f"model.img_size: {self.img_size} is not a multiple of model.patch_size {self.patch_size}"
-            )
+            raise ValueError(f"model.img_size: {self.img_size} is not a multiple of model.patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"model.embed_dim: {self.embed_dim} is not divisible by model.num_heads {self.num_heads}"
-            )
+            raise ValueError(f"model.embed_dim: {self.embed_dim} is not divisible by model.num_heads {self.num_heads}")
         p = self.predictor
         if p.embed_dim % p.num_heads:
             raise ValueError(
@@ -73,9 +69,7 @@ class ModelConfig(Strict):
 class MaskingConfig(Strict):
     """``None`` fields take the sampler's defaults (``bootleg.masking.SAMPLER_DEFAULTS``)."""
 
-    sampler: Literal["bootleg", "ijepa", "random", "cyclic", "inverse_block"] = (
-        "bootleg"
-    )
+    sampler: Literal["bootleg", "ijepa", "random", "cyclic", "inverse_block"] = "bootleg"
     num_blocks: int | None = Field(None, ge=1)
     block_scale: Pair | None = None
     block_aspect: Pair | None = None
@@ -157,20 +151,14 @@ class Config(Strict):
         depth = self.model.depth
         if self.targets.kind == "latent":
             if not self.targets.blocks and not self.targets.mid_blocks:
-                raise ValueError(
-                    "targets.blocks: empty; expected at least one teacher block (1-indexed)"
-                )
+                raise ValueError("targets.blocks: empty; expected at least one teacher block (1-indexed)")
             for name in ("blocks", "mid_blocks"):
                 bad = [b for b in getattr(self.targets, name) if not 1 <= b <= depth]
                 if bad:
-                    raise ValueError(
-                        f"targets.{name}: {bad} out of range; expected blocks in 1..{depth} (model.depth)"
-                    )
+                    raise ValueError(f"targets.{name}: {bad} out of range; expected blocks in 1..{depth} (model.depth)")
         o = self.optim
         if o.warmup_epochs > o.epochs:
-            raise ValueError(
-                f"optim.warmup_epochs: {o.warmup_epochs} exceeds optim.epochs {o.epochs}"
-            )
+            raise ValueError(f"optim.warmup_epochs: {o.warmup_epochs} exceeds optim.epochs {o.epochs}")
         return self
 
     def target_dim(self) -> int:
@@ -216,9 +204,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(
-        str(x) for x in err["loc"] if not str(x).startswith("function-after")
-    )
+    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
     kind = err["type"]
     got = err.get("input")
     if kind == "extra_forbidden":
@@ -233,15 +219,9 @@ def _describe(err: dict[str, Any]) -> str:
 def build_config(raw: dict[str, Any], source: str = "params") -> Config:
     """Merge ``raw`` over its method's preset and validate."""
     if not isinstance(raw, dict):
-        raise BootlegError(
-            f"{source}: expected a mapping of sections (method, model, ...), got {type(raw).__name__}"
-        )
+        raise BootlegError(f"{source}: expected a mapping of sections (method, model, ...), got {type(raw).__name__}")
     method = raw.get("method", "bootleg")
-    size = (
-        (raw.get("model") or {}).get("size", "small")
-        if isinstance(raw.get("model"), dict)
-        else "small"
-    )
+    size = (raw.get("model") or {}).get("size", "small") if isinstance(raw.get("model"), dict) else "small"
     merged = deep_merge(presets.preset(str(method), str(size)), raw)
     try:
         return Config.model_validate(merged)
@@ -249,9 +229,7 @@ def build_config(raw: dict[str, Any], source: str = "params") -> Config:
         raise BootlegError(f"{source}: {_describe(e.errors()[0])}") from None
 
 
-def load_config(
-    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
-) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read ``path`` (YAML; ``None`` = defaults), apply ``overrides``, validate."""
     raw: dict[str, Any] = {}
     source = "defaults"
@@ -259,21 +237,15 @@ def load_config(
         p = Path(path)
         source = str(p)
         if not p.is_file():
-            raise BootlegError(
-                f"{p}: no such params file; expected a YAML file such as params.yaml"
-            )
+            raise BootlegError(f"{p}: no such params file; expected a YAML file such as params.yaml")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise BootlegError(
-                f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})"
-            ) from None
+            raise BootlegError(f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(raw, dict):
-            raise BootlegError(
-                f"{p}: expected a mapping of sections (method, model, ...), got {type(raw).__name__}"
-            )
+            raise BootlegError(f"{p}: expected a mapping of sections (method, model, ...), got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
     return build_config(raw, source)

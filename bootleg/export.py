@@ -43,14 +43,9 @@ def atomic_write_bytes(path: Path, writer: Any) -> None:
         raise
 
 
-def save_encoder(
-    encoder: ViTEncoder, path: Path, extra: dict[str, str] | None = None
-) -> None:
+def save_encoder(encoder: ViTEncoder, path: Path, extra: dict[str, str] | None = None) -> None:
     """Write the encoder's weights (timm key names) with its architecture as metadata."""
-    state = {
-        k: v.detach().to("cpu", torch.float32).contiguous()
-        for k, v in encoder.state_dict().items()
-    }
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in encoder.state_dict().items()}
     meta = {
         "format": "bootleg-encoder/1",
         "arch": json.dumps(encoder.arch()),
@@ -66,9 +61,7 @@ def resolve_encoder_path(path: str | Path) -> Path:
     if p.is_dir():
         p = p / ENCODER_FILE
     if not p.is_file():
-        raise BootlegError(
-            f"{p}: no encoder weights; expected a run folder holding {ENCODER_FILE} or the file itself"
-        )
+        raise BootlegError(f"{p}: no encoder weights; expected a run folder holding {ENCODER_FILE} or the file itself")
     return p
 
 
@@ -80,15 +73,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except (SafetensorError, OSError, ValueError) as e:
         raise BootlegError(f"{p}: not a readable safetensors file ({e})") from None
     if "arch" not in meta:
-        raise BootlegError(
-            f"{p}: no 'arch' metadata; expected an encoder written by bootleg"
-        )
+        raise BootlegError(f"{p}: no 'arch' metadata; expected an encoder written by bootleg")
     return meta
 
 
-def load_encoder(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> ViTEncoder:
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> ViTEncoder:
     """Rebuild a :class:`ViTEncoder` from a run folder or ``encoder.safetensors``."""
     p = resolve_encoder_path(path)
     meta = read_metadata(p)
@@ -98,9 +87,7 @@ def load_encoder(
         encoder.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as e:
         first = str(e).strip().splitlines()[0]
-        raise BootlegError(
-            f"{p}: weights do not match the saved architecture ({first})"
-        ) from None
+        raise BootlegError(f"{p}: weights do not match the saved architecture ({first})") from None
     return encoder.to(map_location).eval()
 
 

@@ -44,9 +44,7 @@ PREDICTORS: dict[str, dict[str, tuple[int, int, int]]] = {
         "large": (8, 512, 16),
     },
 }
-PREDICTORS["data2vec"] = PREDICTORS[
-    "bootleg"
-]  # the paper swaps d2v2's CNN for this ViT
+PREDICTORS["data2vec"] = PREDICTORS["bootleg"]  # the paper swaps d2v2's CNN for this ViT
 
 
 def every_fourth_block(depth: int) -> list[int]:

@@ -1,0 +1,54 @@
+"""Collapse monitors and a cheap FLOP count (nanoGPT's ``estimate_mfu`` style)."""
+
+from __future__ import annotations
+
+import torch
+
+from bootleg.config import Config
+
+
+@torch.no_grad()
+def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., 2023): exp(entropy of the normalised singular values).
+
+    z (N, D) embeddings -> effective rank in [1, min(N, D)].
+    """
+    s = torch.linalg.svdvals(z.float())
+    p = s / (s.sum() + eps) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def _vit_flops(tokens: float, dim: int, depth: int, seq: float, mlp_ratio: float = 4.0) -> float:
+    """Forward FLOPs of ``depth`` ViT blocks on ``tokens`` tokens in sequences of ``seq``:
+    2 FLOPs per weight per token (qkv + proj + MLP) plus QK^T and AV."""
+    weights = (4 + 2 * mlp_ratio) * dim * dim
+    return depth * tokens * (2 * weights + 4 * seq * dim)
+
+
+def step_flops(cfg: Config, enc_len: int, k: int, p: int, batch: int) -> float:
+    """FLOPs of one training step on ``batch`` images: student and predictor forward +
+    backward (x3), teacher forward up to its deepest target block (x1)."""
+    m, pr = cfg.model, cfg.model.predictor
+    prefix = int(m.cls_token) + m.reg_tokens
+    n = (m.img_size // m.patch_size) ** 2
+    s_seq = prefix + enc_len
+    student = _vit_flops(batch * s_seq, m.embed_dim, m.depth, s_seq, m.mlp_ratio)
+    p_seq = pr.reg_tokens + int(m.cls_token) + enc_len + p
+    predictor = _vit_flops(batch * k * p_seq, pr.embed_dim, pr.depth, p_seq, m.mlp_ratio)
+    predictor += 2 * batch * k * p * pr.embed_dim * cfg.target_dim()
+    teacher = 0.0
+    if cfg.targets.kind == "latent":
+        depth = max([*cfg.targets.blocks, *cfg.targets.mid_blocks])
+        teacher = _vit_flops(batch * (prefix + n), m.embed_dim, depth, prefix + n, m.mlp_ratio)
+    return 3 * (student + predictor) + teacher
+
+
+#: dense bf16 peak FLOP/s by device name fragment
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
