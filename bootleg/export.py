@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from bootleg.errors import BootlegError
 from bootleg.models import ViTEncoder
@@ -35,6 +35,9 @@ def atomic_write_bytes(path: Path, writer: Any) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual mode
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -52,7 +55,22 @@ def save_encoder(encoder: ViTEncoder, path: Path, extra: dict[str, str] | None =
         "timm_kwargs": json.dumps(encoder.timm_kwargs()),
     }
     meta.update(extra or {})
-    atomic_write_bytes(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
+    data = canonical_safetensors(save(state, metadata=meta))
+    atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """Rewrite a safetensors blob's JSON header with sorted keys.
+
+    safetensors keeps metadata in a hash map whose order changes between processes;
+    sorting makes equal weights give byte-identical files (exact-resume checks rely on it).
+    Tensor offsets are relative to the data section, so only the header changes.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
 def resolve_encoder_path(path: str | Path) -> Path:
