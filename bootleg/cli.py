@@ -11,6 +11,7 @@ Bad input ends with ``error: <one line>`` on stderr and exit code 2, no tracebac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,12 +31,20 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"run.out={args.out}")
     cfg = load_config(args.params, overrides)
     out = pretrain(cfg, cfg.run.out, resume=args.resume)
-    print(f"run folder: {out}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {out}")
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``error: ...``, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bootleg", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="bootleg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain an encoder (Bootleg or a baseline) as params.yaml says")

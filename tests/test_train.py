@@ -118,7 +118,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "bootleg.cli", "pretrain", "--params", PARAMS, "--out", str(out), "--steps", "6",
         *_sets(*FAST, "run.device=cpu"),
     ]  # fmt: skip
