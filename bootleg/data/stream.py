@@ -194,6 +194,8 @@ class TrainStream:
         c = self.cfg
         boxes, flips = sample_augment_params(self.batch_size, (H, W), c.crop_scale, c.crop_ratio, c.hflip, g)
         masks = self._masks(e, b)
+        if self._cuda:  # pinned host memory makes the copies in _finish truly asynchronous
+            masks = Masks(masks.enc_idx.pin_memory(), masks.pred_idx.pin_memory())
         gathered = None
         if not self._on_device:  # gather on the CPU here, copy to the device in _finish
             gathered = self._images.index_select(0, idx)
