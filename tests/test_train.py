@@ -171,3 +171,16 @@ def test_non_finite_loss_stops_clearly(tmp_path):
         *_sets(*FAST, "optim.lr_max=1e30", "optim.lr_init=1e30", "run.log_every=1"),
     )  # fmt: skip
     assert "loss is" in msg and ("nan" in msg or "inf" in msg)
+
+
+def test_gradient_accumulation_consumes_micro_batches(tmp_path):
+    cfg = load_config(PARAMS, [*FAST, "optim.accum_steps=2", "run.steps=3", "run.log_every=1"])
+    from bootleg.train import Trainer
+
+    tr = Trainer(cfg, tmp_path / "acc", resume=False, callbacks=())
+    assert tr.plan.micro_batch == 16 and tr.plan.accum == 2
+    assert tr.plan.steps_per_epoch == tr.stream.steps_per_epoch // 2
+    out = tr.run()
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3]
+    with pytest.raises(Exception, match="not divisible"):
+        Trainer(load_config(PARAMS, [*FAST, "optim.accum_steps=3"]), tmp_path / "bad", resume=False, callbacks=())
