@@ -273,8 +273,9 @@ class Trainer:
         return out
 
     # -------------------------------------------------------------- loop
-    def run(self) -> Path:
+    def run(self, stop_at: int | None = None) -> Path:
         cfg, plan, main = self.cfg, self.plan, self.dist.main
+        end = plan.total if stop_at is None else min(stop_at, plan.total)
         metrics_path = self.out / METRICS_FILE
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +288,7 @@ class Trainer:
         run_n = 0
         t0, s0 = time.perf_counter(), self.step
         try:
-            while self.step < plan.total:
+            while self.step < end:
                 nxt = self.step + 1
                 log = nxt % cfg.run.log_every == 0 or nxt == plan.total
                 noforward = cfg.loss.name == "mse_noforward"
@@ -320,14 +321,14 @@ class Trainer:
                     t0, s0 = time.perf_counter(), self.step
                 if bar is not None:
                     bar.update(1)
-                if self.step % cfg.run.checkpoint_every == 0 or self.step == plan.total:
+                if self.step % cfg.run.checkpoint_every == 0 or self.step in (plan.total, end):
                     c0 = time.perf_counter()
                     self.save()
                     t0 += time.perf_counter() - c0  # checkpoint time is not training time
         finally:
             if bar is not None:
                 bar.close()
-        if main:
+        if main and self.step == plan.total:
             save_encoder(self.engine_export(), self.out / ENCODER_FILE, {"method": cfg.method, "step": str(self.step)})
         if self.dist.world > 1:
             dist.barrier()
@@ -356,13 +357,38 @@ def _progress(enabled: bool, start: int, total: int) -> Any:
     return tqdm(total=total, initial=start, desc="pretrain", unit="step", mininterval=1.0, dynamic_ncols=True)
 
 
-def pretrain(cfg: Config, out: str | Path, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Path:
+def pretrain(
+    cfg: Config,
+    out: str | Path,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    stop_at: int | None = None,
+) -> Path:
     """Pretrain as ``cfg`` says into the run folder ``out``; returns it.
 
     The folder gets ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt`` (every
     ``run.checkpoint_every`` steps and at the end) and ``encoder.safetensors``. With
     ``resume`` the run continues from ``checkpoint.pt`` and ends bit-identical to an
     uninterrupted run. Each callback receives every metrics record (rank 0 only).
+    ``stop_at`` pauses the run after that step (checkpoint written, no encoder file):
+    continue it later with ``resume=True``; :func:`export_checkpoint` gives the encoder
+    of the pause point for probing.
     """
     trainer = Trainer(cfg, Path(out), resume, callbacks)
-    return trainer.run()
+    return trainer.run(stop_at)
+
+
+def export_checkpoint(run_dir: str | Path, dst: str | Path) -> Path:
+    """Write the encoder of ``run_dir/checkpoint.pt`` (teacher, or student for MAE) and
+    its ``config.yaml`` into the folder ``dst``, which then loads like a finished run."""
+    from bootleg.config import Config
+
+    run_dir, dst = Path(run_dir), Path(dst)
+    state = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    cfg = Config.model_validate(state["config"])
+    engine = Engine(cfg)
+    engine.load_state_dict(state["engine"])
+    dst.mkdir(parents=True, exist_ok=True)
+    save_encoder(engine.export_encoder(), dst / ENCODER_FILE, {"method": cfg.method, "step": str(state["step"])})
+    atomic_write_bytes(dst / CONFIG_FILE, lambda tmp: Path(tmp).write_text(dump_config(cfg)))
+    return dst

@@ -184,3 +184,18 @@ def test_gradient_accumulation_consumes_micro_batches(tmp_path):
     assert [r["step"] for r in _metrics(out)] == [1, 2, 3]
     with pytest.raises(Exception, match="not divisible"):
         Trainer(load_config(PARAMS, [*FAST, "optim.accum_steps=3"]), tmp_path / "bad", resume=False, callbacks=())
+
+
+@pytest.mark.slow
+def test_stop_at_pauses_and_resume_matches_uninterrupted(tmp_path):
+    from bootleg.train import export_checkpoint
+
+    cfg = load_config(PARAMS, [*FAST, "run.steps=12", "run.checkpoint_every=100"])
+    pretrain(cfg, tmp_path / "full")
+    paused = pretrain(cfg, tmp_path / "paused", stop_at=5)
+    assert load_checkpoint(paused / "checkpoint.pt")["step"] == 5
+    assert not (paused / "encoder.safetensors").exists()
+    snap = export_checkpoint(paused, tmp_path / "snap")
+    assert load_encoder(snap).depth == 8 and (snap / "config.yaml").is_file()
+    pretrain(cfg, paused, resume=True)
+    assert (paused / "encoder.safetensors").read_bytes() == (tmp_path / "full" / "encoder.safetensors").read_bytes()
