@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[workflow,dev]'
 	touch $(STAMP)
 
+# The pipeline flow (prepare -> pretrain -> register -> probes -> report) on the embedded
+# defaults: MLflow in ./mlflow.db + ./mlartifacts, Prefect's temporary server on the database
+# in ./.prefect (the flow run record stays there), no server to start by hand.
 demo: $(STAMP)
-	$(VENV)/bin/bootleg pretrain --params params.yaml --out runs/demo
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} MLFLOW_DISABLE_TELEMETRY=true \
+	  $(PY) -m flows.pipeline --params params.yaml --run-name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

@@ -1,0 +1,505 @@
+"""The ``pipeline`` flow: prepare data -> pretrain -> register the encoder -> probes -> report.
+
+Thin over the library: every task calls one public function and hands the next task only
+small values (config path and overrides, folders, run ids, model URIs). The MLflow run
+carries the flattened config, the git commit and the data hash; metrics stream in during
+training through :class:`bootleg.tracking.MLflowCallback` (buffered, never blocking).
+With ``nproc > 1`` pretraining runs under ``torchrun`` in a subprocess and its
+``metrics.jsonl`` is followed to feed the same tracking.
+
+    python -m flows.pipeline --params params.yaml --set run.steps=100 [--nproc 4]
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary local server on the database in
+``$PREFECT_HOME`` (``make demo`` uses ``.prefect/``), so the flow run record stays there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NONE
+
+from bootleg import tracking
+from bootleg.errors import BootlegError
+from flows import report
+from flows.params import PipelineParams, validate
+
+Record = dict[str, Any]
+
+
+def _cfg(params: str, overrides: Sequence[str]):  # noqa: ANN202 - bootleg.config.Config
+    from bootleg.config import load_config
+
+    return load_config(params, list(overrides))
+
+
+def default_out(experiment: str, run_name: str) -> str:
+    return str(Path("runs") / experiment / run_name)
+
+
+# ------------------------------------------------------------------ progress in the Prefect UI
+
+
+class PrefectProgress:
+    """A Prefect progress artifact updated from metrics records (at most every ``every`` s)."""
+
+    def __init__(self, total_steps: int | None, epochs: int, description: str, every: float = 3.0) -> None:
+        self.total, self.epochs, self.every = total_steps, max(1, epochs), every
+        self.last = 0.0
+        try:
+            self.id = create_progress_artifact(progress=0.0, description=description)
+        except Exception:  # no Prefect context (plain call): no artifact
+            self.id = None
+
+    def set(self, pct: float, force: bool = False) -> None:
+        if self.id is None:
+            return
+        now = time.monotonic()
+        if force or now - self.last >= self.every:
+            self.last = now
+            try:
+                update_progress_artifact(self.id, min(100.0, max(0.0, pct)))
+            except Exception:
+                pass
+
+    def __call__(self, rec: Record) -> None:
+        if self.total:
+            pct = 100.0 * rec.get("step", 0) / self.total
+        else:
+            pct = 100.0 * rec.get("epoch", 0.0) / self.epochs
+        self.set(pct, force=pct >= 100.0)
+
+
+# ------------------------------------------------------------------ tasks
+
+
+@task(name="prepare-data", cache_policy=NONE)
+def prepare_data(params: str, overrides: list[str]) -> dict[str, Any]:
+    """Make sure the dataset is on disk (downloading only if ``data.download``), warm the
+    decode cache and fingerprint it (the DVC data hash)."""
+    from bootleg.data import dataset_fingerprint, load_images
+
+    cfg = _cfg(params, overrides)
+    d = cfg.data
+    counts: dict[str, int | None] = {}
+    for split in ("train", "test"):
+        try:
+            counts[split] = len(load_images(d.name, split, d.root, d.download, d.limit if split == "train" else None))
+        except BootlegError as e:
+            if "too large" not in str(e):  # big image folders are streamed, not decoded here
+                raise
+            counts[split] = None
+    info = {"name": d.name, "root": d.root, "sha256": dataset_fingerprint(d.name, d.root), **counts}
+    get_run_logger().info(
+        "data %s: %s train / %s test images, sha256 %s", d.name, counts["train"], counts["test"], info["sha256"][:12]
+    )
+    return info
+
+
+@task(name="start-tracking", cache_policy=NONE)
+def start_tracking(
+    params: str,
+    overrides: list[str],
+    out: str,
+    experiment: str,
+    run_name: str,
+    parent_run_id: str | None,
+    tracking_uri: str | None,
+    tags: dict[str, str],
+) -> str:
+    """Open the MLflow run (flattened config as params, git commit and data hash as tags) and
+    log the config and a figure of the masks."""
+    from bootleg.config import dump_config
+
+    cfg = _cfg(params, overrides)
+    run_id = tracking.start_run(
+        cfg, experiment, run_name=run_name, tags=tags, parent_run_id=parent_run_id, run_dir=out, uri=tracking_uri
+    )
+    art = Path(out) / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    (art / "config.yaml").write_text(dump_config(cfg))
+    paths = [art / "config.yaml"]
+    try:
+        from bootleg.mask_stats import plot_masks
+        from bootleg.masking import build_sampler
+
+        sampler = build_sampler(cfg.masking, cfg.model.grid)
+        paths.append(plot_masks(sampler, art / "masks.png", cfg.run.seed, batches=10, batch_size=64))
+    except Exception as e:  # a figure must not stop the run
+        get_run_logger().warning("no mask figure: %s", e)
+    tracking.log_artifacts(run_id, paths, uri=tracking_uri)
+    return run_id
+
+
+def follow_jsonl(
+    path: Path, proc: subprocess.Popen, callbacks: Sequence[Callable[[Record], None]], poll: float = 1.0
+) -> None:
+    """Feed each new line of ``path`` to ``callbacks`` until ``proc`` ends."""
+    offset, last_step = 0, -1
+    while True:
+        done = proc.poll() is not None
+        if path.is_file():
+            size = path.stat().st_size
+            if size < offset:  # rewritten (resume trims it)
+                offset = 0
+            with open(path) as f:
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind("\n") + 1]
+            offset += len(complete.encode())
+            for line in complete.splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("step", 0) <= last_step:
+                    continue
+                last_step = rec.get("step", last_step)
+                for cb in callbacks:
+                    cb(rec)
+        if done:
+            return
+        time.sleep(poll)
+
+
+def torchrun_pretrain(
+    params: str, overrides: list[str], out: str, nproc: int, resume: bool, callbacks: Sequence[Callable[[Record], None]]
+) -> None:
+    """``torchrun --standalone --nproc-per-node N -m bootleg.cli pretrain ...`` in a subprocess;
+    its ``metrics.jsonl`` is followed to feed ``callbacks``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += ["-m", "bootleg.cli", "pretrain", "--params", params, "--out", out]
+    for o in overrides:
+        cmd += ["--set", o]
+    if resume:
+        cmd.append("--resume")
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        follow_jsonl(Path(out) / "metrics.jsonl", proc, callbacks)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait()
+        reader.join(timeout=5)
+    if proc.returncode != 0:
+        errors = [t for t in tail if t.startswith("error:")]
+        why = errors[-1][len("error:") :].strip() if errors else (tail[-1] if tail else "no output")
+        raise BootlegError(f"torchrun pretraining failed (exit {proc.returncode}): {why}")
+
+
+@task(name="pretrain", cache_policy=NONE)
+def pretrain_step(
+    params: str,
+    overrides: list[str],
+    out: str,
+    run_id: str,
+    nproc: int = 1,
+    launcher: str = "auto",
+    resume: bool = False,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain into ``out`` (in this process, or under torchrun), streaming metrics to MLflow
+    and progress to the Prefect UI; then log the curves and checkpoints as artifacts."""
+    from bootleg.train import pretrain
+
+    cfg = _cfg(params, overrides)
+    logger = get_run_logger()
+    progress = PrefectProgress(cfg.run.steps, cfg.optim.epochs, f"pretraining {cfg.method} {cfg.model.size} -> {out}")
+    cb = tracking.MLflowCallback(run_id, uri=tracking_uri)
+    t0 = time.time()
+    try:
+        if launcher == "torchrun" or (launcher == "auto" and nproc > 1):
+            logger.info("launching torchrun with %d processes", nproc)
+            torchrun_pretrain(params, overrides, out, nproc, resume, [cb, progress])
+        else:
+            pretrain(cfg, out, resume=resume, callbacks=[cb, progress])
+    finally:
+        left = cb.close()
+        if left:
+            logger.warning("tracking server unreachable: %d metrics kept only in %s/metrics.jsonl", left, out)
+    progress.set(100.0, force=True)
+    run = Path(out)
+    rows = report.read_jsonl(run / "metrics.jsonl")
+    art = run / "artifacts"
+    curves = report.plot_curves(run / "metrics.jsonl", art / "loss_curves.png", f"{cfg.method} {cfg.model.size}")
+    report.loss_csv(run / "metrics.jsonl", art / "loss.csv")
+    paths = [p for p in (curves, art / "loss.csv", run / "metrics.jsonl", run / "config.yaml") if p]
+    try:
+        tracking.log_artifacts(run_id, paths, uri=tracking_uri)
+        tracking.log_artifacts(
+            run_id, [run / "checkpoint.pt", run / "encoder.safetensors"], "checkpoint", uri=tracking_uri
+        )
+        tracking.log_metrics(
+            run_id, {"train_time_s": time.time() - t0}, step=rows[-1]["step"] if rows else 0, uri=tracking_uri
+        )
+    except Exception as e:
+        logger.warning("tracking: artifacts not uploaded (%s); they are in %s", tracking._first_line(e), out)
+    return {
+        "run_dir": str(run),
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "steps": rows[-1]["step"] if rows else 0,
+    }
+
+
+@task(name="register-encoder", cache_policy=NONE)
+def register_step(run_id: str, run_dir: str, model_name: str, tracking_uri: str | None = None) -> str:
+    """Register ``run_dir/encoder.safetensors`` as a new version of ``model_name``; returns
+    its ``models:/NAME/VERSION`` URI."""
+    version = tracking.register_encoder(run_id, run_dir, model_name, uri=tracking_uri)
+    get_run_logger().info("registered %s version %s", model_name, version)
+    return f"models:/{model_name}/{version}"
+
+
+@task(name="probes", cache_policy=NONE)
+def probe_step(
+    checkpoint: str,
+    out: str,
+    params: str,
+    overrides: list[str],
+    probes: list[str] | None,
+    run_id: str,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Frozen-encoder probes on ``checkpoint`` (a run folder or ``models:/`` URI); metrics and
+    plots go to the MLflow run. Returns ``probe.json``'s content."""
+    from bootleg.probe import run_probes
+
+    cfg = _cfg(params, overrides)
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    result = run_probes(checkpoint, out, cfg=getattr(cfg, "probe", None), probes=probes, seed=cfg.run.seed)
+    metrics = report.probe_metrics(result)
+    tracking.log_metrics(run_id, metrics, uri=tracking_uri)
+    tracking.log_artifacts(run_id, [out], "probe", uri=tracking_uri)
+    get_run_logger().info("probe metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return result
+
+
+@task(name="set-alias", cache_policy=NONE)
+def alias_step(model_name: str, alias: str, metric: str, tracking_uri: str | None = None) -> str | None:
+    best = tracking.set_alias_by_metric(model_name, alias, metric, uri=tracking_uri)
+    if best is None:
+        get_run_logger().warning("no version of %s has metric %s; alias %s not set", model_name, metric, alias)
+        return None
+    get_run_logger().info("%s@%s -> version %s (%s = %.4f)", model_name, alias, best[0], metric, best[1])
+    return f"models:/{model_name}@{alias}"
+
+
+@task(name="report", cache_policy=NONE)
+def report_step(summary: dict[str, Any], run_id: str, tracking_uri: str | None = None) -> str:
+    text = report.run_report(summary)
+    path = Path(summary["run_dir"]) / "report.md"
+    path.write_text(text)
+    (path.parent / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    try:
+        create_markdown_artifact(text, key="pipeline-report", description=f"pipeline run {summary.get('run_name')}")
+    except Exception:
+        pass
+    tracking.log_artifacts(run_id, [path, path.parent / "summary.json"], uri=tracking_uri)
+    return str(path)
+
+
+# ------------------------------------------------------------------ the flow
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa: B008 - pydantic default
+    """Prepare data -> pretrain -> register the encoder in MLflow -> probes -> report."""
+    spec = validate(PipelineParams, spec)
+    uri = tracking.configure(spec.tracking_uri)  # one-line error if a given server is down
+    run_name = spec.run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = spec.out or default_out(spec.experiment, run_name)
+    overrides = [*spec.overrides, f"run.out={out}"]
+    _cfg(spec.params, overrides)  # validate before any work
+    data = prepare_data(spec.params, overrides)
+    tags = {"bootleg.flow": "pipeline"}
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            tags["prefect.flow_run_id"] = str(flow_run.id)
+    except Exception:
+        pass
+    run_id = start_tracking(
+        spec.params, overrides, out, spec.experiment, run_name, spec.parent_run_id, spec.tracking_uri, tags
+    )
+    summary: dict[str, Any] = {"run_name": run_name, "run_id": run_id, "tracking_uri": uri, "data_hash": data["sha256"]}
+    try:
+        trained = pretrain_step(
+            spec.params, overrides, out, run_id, spec.nproc, spec.launcher, spec.resume, spec.tracking_uri
+        )
+        summary.update(trained)
+        checkpoint = out
+        if spec.register_model:
+            summary["model_uri"] = checkpoint = register_step(run_id, out, spec.model_name, spec.tracking_uri)
+        if spec.probes is None or spec.probes:
+            probe = probe_step(
+                checkpoint, str(Path(out) / "probe"), spec.params, overrides, spec.probes, run_id, spec.tracking_uri
+            )
+            summary["probe"] = probe
+            metrics = report.probe_metrics(probe)
+            summary["probe_metrics"] = metrics
+            metric = report.pick_metric(metrics, spec.alias_metric)
+            if spec.register_model and metric:
+                summary["alias_uri"] = alias_step(spec.model_name, spec.alias, metric, spec.tracking_uri)
+                summary["alias_metric"] = metric
+        summary["report"] = report_step(summary, run_id, spec.tracking_uri)
+    except BaseException:
+        tracking.end_run(run_id, "FAILED", uri=spec.tracking_uri)
+        raise
+    tracking.end_run(run_id, uri=spec.tracking_uri)
+    return summary
+
+
+# ------------------------------------------------------------------ command line
+
+
+def ui_commands(optuna_storage: str | None = None) -> list[str]:
+    """Commands that open the MLflow UI, the Prefect UI and the Optuna dashboard on the
+    stores this project uses by default (or those set in the environment)."""
+    bindir = Path(sys.executable).parent
+    try:
+        bindir = bindir.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        mlflow_cmd = f"open {uri}  (MLFLOW_TRACKING_URI)"
+    else:
+        mlflow_cmd = (
+            f"{bindir}/mlflow ui --backend-store-uri {uri} --default-artifact-root {tracking.default_artifact_root()} "
+            "--host 127.0.0.1 --port 5000   # then http://127.0.0.1:5000"
+        )
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        prefect_cmd = f"open {api.removesuffix('/api')}  (PREFECT_API_URL)"
+    else:
+        home = os.environ.get("PREFECT_HOME", "~/.prefect")
+        prefect_cmd = f"PREFECT_HOME={home} {bindir}/prefect server start --host 127.0.0.1 --port 4200   # then http://127.0.0.1:4200"
+    storage = optuna_storage or f"sqlite:///{tracking.project_dir() / 'optuna.db'}"
+    optuna_cmd = f"{bindir}/optuna-dashboard {storage} --host 127.0.0.1 --port 8080   # then http://127.0.0.1:8080"
+    return [f"MLflow UI:        {mlflow_cmd}", f"Prefect UI:       {prefect_cmd}", f"Optuna dashboard: {optuna_cmd}"]
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="YAML config (default: params.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument(
+        "--tracking-uri", help="MLflow server (default: MLFLOW_TRACKING_URI, else the embedded sqlite store)"
+    )
+    p.add_argument("--experiment", help="MLflow experiment")
+
+
+def run_cli(main: Callable[[], int]) -> None:
+    """Run ``main`` printing :class:`BootlegError` as one ``error:`` line (exit 2)."""
+    try:
+        code = main()
+    except BootlegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print()
+    print("Produced:")
+    print(
+        f"  run folder:          {summary.get('run_dir')}  (config.yaml, metrics.jsonl, checkpoint.pt, encoder.safetensors)"
+    )
+    print(f"  MLflow run:          {summary.get('run_id')}  in {summary.get('tracking_uri')}")
+    if summary.get("model_uri"):
+        print(
+            f"  registered encoder:  {summary['model_uri']}"
+            + (f"  (alias {summary['alias_uri']})" if summary.get("alias_uri") else "")
+        )
+    probe = summary.get("probe") or {}
+    for name, label in report.PROBE_COLUMNS.items():
+        key = report.probe_score_key(probe, name)
+        if key is not None:
+            print(f"  probe {label + ':':<14} {report.probe_score(probe, name):.1f}% top-1  (probe.{name}.{key})")
+    if summary.get("report"):
+        print(f"  report:              {summary['report']}")
+    flow_db = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "prefect.db"
+    if not os.environ.get("PREFECT_API_URL"):
+        print(f"  Prefect flow run:    recorded in {flow_db}")
+    if summary.get("alias_uri"):
+        print(
+            f"\nProbe the registered encoder again:\n  bootleg probe --checkpoint {summary['alias_uri']} --out runs/probe-champion"
+        )
+    print("\nOpen the UIs on these stores:")
+    for line in ui_commands():
+        print("  " + line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--out", help="run folder (default runs/<experiment>/<run name>)")
+    p.add_argument("--run-name")
+    p.add_argument("--model-name", help="registered model name (default bootleg-encoder)")
+    p.add_argument("--alias", help="alias for the best version (default champion)")
+    p.add_argument("--alias-metric", help="probe metric ranking versions (default: the first probe's score)")
+    p.add_argument("--probes", help="comma-separated probes ('' = none; default: the library's)")
+    p.add_argument("--nproc", type=int, help="processes (GPUs); >1 launches torchrun")
+    p.add_argument("--launcher", choices=["auto", "inprocess", "torchrun"])
+    p.add_argument("--no-register", action="store_true", help="do not register the encoder")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a = p.parse_args(argv)
+    raw: dict[str, Any] = {"params": a.params, "overrides": a.set}
+    for key in (
+        "out",
+        "run_name",
+        "model_name",
+        "alias",
+        "alias_metric",
+        "nproc",
+        "launcher",
+        "tracking_uri",
+        "experiment",
+    ):
+        if getattr(a, key) is not None:
+            raw[key] = getattr(a, key)
+    if a.probes is not None:
+        raw["probes"] = [s for s in a.probes.split(",") if s.strip()]
+    raw["register_model"] = not a.no_register
+    raw["resume"] = a.resume
+    spec = validate(PipelineParams, raw)
+    _cfg(spec.params, spec.overrides)  # one-line config errors before Prefect starts
+    tracking.configure(spec.tracking_uri)  # and an unreachable server
+    summary = pipeline(spec)
+    if a.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
