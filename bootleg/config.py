@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bootleg import presets
 from bootleg.errors import BootlegError
+from bootleg.probe.config import ProbeConfig
 
 Pair = tuple[float, float]
 
@@ -145,6 +146,7 @@ class Config(Strict):
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
     run: RunConfig = RunConfig()
+    probe: ProbeConfig = ProbeConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
