@@ -53,8 +53,13 @@ def main() -> None:
         "model": {"size": a.size, "img_size": a.img_size, "patch_size": patch},
         "optim": {"batch_size": a.batch_size},
         "data": {"name": "embedded", "on_device": True},
-        "run": {"steps": a.warmup + a.steps, "device": a.device, "compile": a.compile, "precision": a.precision,
-                "progress": False},
+        "run": {
+            "steps": a.warmup + a.steps,
+            "device": a.device,
+            "compile": a.compile,
+            "precision": a.precision,
+            "progress": False,
+        },
     }
     if a.loss:
         raw["loss"] = {"name": a.loss}

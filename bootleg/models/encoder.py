@@ -58,19 +58,12 @@ class ViTEncoder(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         self.num_patches = self.grid[0] * self.grid[1]
-        self.cls_token = (
-            nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
-        )
-        self.reg_token = (
-            nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
-        )
-        self.register_buffer(
-            "pos_embed", sincos_2d(embed_dim, self.grid).unsqueeze(0), persistent=True
-        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid).unsqueeze(0), persistent=True)
         dpr = [x.item() for x in torch.linspace(0, drop_path, depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i])
-            for i in range(depth)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i]) for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.reset_parameters()
@@ -88,9 +81,7 @@ class ViTEncoder(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def embed(
-        self, images: torch.Tensor, idx: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, C, H, W), idx (B, L) visible patch indices or None (all N).
 
         Returns tokens (B, prefix + L, D) in order [CLS, registers, patches].
@@ -98,11 +89,7 @@ class ViTEncoder(nn.Module):
         x = self.patch_embed(images) + self.pos_embed.to(images.dtype)  # (B, N, D)
         if idx is not None:
             x = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        prefix = [
-            t.expand(x.shape[0], -1, -1)
-            for t in (self.cls_token, self.reg_token)
-            if t is not None
-        ]
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         return torch.cat([*prefix, x], dim=1) if prefix else x
 
     def forward(

@@ -19,12 +19,8 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     The first half of the channels encodes the row, the second half the column.
     """
     if dim % 4:
-        raise ValueError(
-            f"sin-cos position embedding needs a width divisible by 4, got {dim}"
-        )
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
     h, w = grid
     rows = torch.arange(h).repeat_interleave(w)
     cols = torch.arange(w).repeat(h)
-    return torch.cat(
-        [sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], dim=1
-    ).float()
+    return torch.cat([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], dim=1).float()

@@ -33,15 +33,9 @@ class ViTPredictor(nn.Module):
         self.grid, self.num_ctx_prefix, self.num_reg = grid, num_ctx_prefix, reg_tokens
         self.embed = nn.Linear(enc_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.reg_token = (
-            nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
-        )
-        self.register_buffer(
-            "pos_embed", sincos_2d(embed_dim, grid), persistent=False
-        )  # (N, d)
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)
-        )
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        self.register_buffer("pos_embed", sincos_2d(embed_dim, grid), persistent=False)  # (N, d)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.proj = nn.Linear(embed_dim, out_dim)
         self.reset_parameters()
@@ -56,9 +50,7 @@ class ViTPredictor(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(
-        self, ctx: torch.Tensor, enc_idx: torch.Tensor, pred_idx: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, ctx: torch.Tensor, enc_idx: torch.Tensor, pred_idx: torch.Tensor) -> torch.Tensor:
         """ctx (B, C + L, enc_dim): encoder output with ``C = num_ctx_prefix`` leading global
         tokens (CLS) and L visible patches; enc_idx (B, L); pred_idx (B, K, P).
 
@@ -70,11 +62,7 @@ class ViTPredictor(nn.Module):
         pos = self.pos_embed.to(x.dtype)
         x = torch.cat([x[:, :c], x[:, c:] + pos[enc_idx]], dim=1)  # (B, C+L, d)
         m = self.mask_token.to(x.dtype) + pos[pred_idx]  # (B, K, P, d)
-        x = (
-            x.unsqueeze(1)
-            .expand(b, k, *x.shape[1:])
-            .reshape(b * k, x.shape[1], x.shape[2])
-        )
+        x = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, x.shape[1], x.shape[2])
         parts = [x, m.reshape(b * k, p, -1)]
         if self.reg_token is not None:
             parts.insert(0, self.reg_token.to(x.dtype).expand(b * k, -1, -1))
