@@ -231,26 +231,28 @@ def build_config(raw: dict[str, Any], source: str = "params") -> Config:
         raise BootlegError(f"{source}: {_describe(e.errors()[0])}") from None
 
 
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Read a params YAML file as a mapping of sections; one-line errors otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise BootlegError(f"{p}: no such params file; expected a YAML file such as params.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BootlegError(f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise BootlegError(f"{p}: expected a mapping of sections (method, model, ...), got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read ``path`` (YAML; ``None`` = defaults), apply ``overrides``, validate."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise BootlegError(f"{p}: no such params file; expected a YAML file such as params.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise BootlegError(f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise BootlegError(f"{p}: expected a mapping of sections (method, model, ...), got {type(raw).__name__}")
+    raw = read_params(path) if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
-    return build_config(raw, source)
+    return build_config(raw, str(path) if path is not None else "defaults")
 
 
 def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:

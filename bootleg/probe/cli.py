@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from bootleg.errors import BootlegError
@@ -55,7 +54,7 @@ def load_probe_config(
 ) -> ProbeConfig:
     """The run's ``probe:`` section <- ``params``' ``probe:`` section <- ``overrides``
     (``key.sub=value``, value parsed as YAML) <- ``values`` (top-level fields, taken as is)."""
-    from bootleg.config import apply_override
+    from bootleg.config import apply_override, read_params
     from bootleg.probe.runner import run_config
 
     raw: dict[str, Any] = {}
@@ -66,17 +65,8 @@ def load_probe_config(
 
         raw = dict(run_config(resolve_encoder_path(ck)).get("probe") or {})
     if params is not None:
-        p = Path(params)
-        source = str(p)
-        if not p.is_file():
-            raise BootlegError(f"{p}: no such params file; expected a YAML file with a probe: section")
-        try:
-            doc = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BootlegError(f"{p}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(doc, dict):
-            raise BootlegError(f"{p}: expected a mapping of sections, got {type(doc).__name__}")
-        raw = dict(doc.get("probe") or {})
+        source = str(params)
+        raw = dict(read_params(params).get("probe") or {})
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         apply_override(raw, item[len("probe.") :] if key.startswith("probe.") else item)
