@@ -219,7 +219,7 @@ def run_trained_probe(
         "top1": round(float(topk_correct(logits, y, 1)[0]) * 100, 4),
         "top5": round(float(topk_correct(logits, y, 5)[0]) * 100, 4),
         "best": {"lr": float(sweep.lrs[best // len(sweep.wds)]), "wd": float(sweep.wds[best % len(sweep.wds)])},
-        "val_top1": round(float(val_acc[best]) * 100, 4),
+        "val_top1": round(float(val_grid.reshape(-1)[best]), 4),
         "grid": {
             "lr": [float(x) for x in sweep.lrs],
             "wd": [float(x) for x in sweep.wds],
