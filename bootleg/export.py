@@ -104,9 +104,15 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
         state = load_file(str(p), device=str(map_location))
         encoder.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise BootlegError(f"{p}: weights do not match the saved architecture ({first})") from None
+        raise BootlegError(f"{p}: weights do not match the saved architecture ({_first_problem(e)})") from None
     return encoder.to(map_location).eval()
+
+
+def _first_problem(e: Exception) -> str:
+    """The informative line of a ``load_state_dict`` error (size mismatch, missing keys)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Error(s) in loading")]
+    return (useful or lines or [type(e).__name__])[0][:300]
 
 
 def load_timm(path: str | Path) -> torch.nn.Module:
