@@ -424,7 +424,28 @@ def _scan_orders(grid: tuple[int, int]) -> torch.Tensor:
 # ----------------------------------------------------------------------------- bootleg
 
 
-class BootlegSampler(MaskSampler):
+class MultiBlockSampler(MaskSampler):
+    """Shared settings of the multi-block samplers (Bootleg and I-JEPA): ``num_blocks``
+    predictor rectangles sized by ``block_scale`` x ``block_aspect`` inside a square
+    background of ``background_scale``, keeping at least ``min_keep`` visible patches."""
+
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        num_blocks: int,
+        block_scale: tuple[float, float],
+        block_aspect: tuple[float, float],
+        background_scale: tuple[float, float],
+        min_keep: int,
+    ) -> None:
+        super().__init__(grid, num_blocks)
+        self.block_scale = tuple(map(float, block_scale))
+        self.block_aspect = tuple(map(float, block_aspect))
+        self.background_scale = tuple(map(float, background_scale))
+        self.min_keep = int(min_keep)
+
+
+class BootlegSampler(MultiBlockSampler):
     """The paper's multi-block sampler (Appendix C, with all fixes).
 
     Per call: block scale and aspect magnitude drawn independently, ``h, w`` rounded
@@ -448,11 +469,7 @@ class BootlegSampler(MaskSampler):
         min_keep: int = 10,
         max_retries: int = 20,
     ) -> None:
-        super().__init__(grid, num_blocks)
-        self.block_scale = tuple(map(float, block_scale))
-        self.block_aspect = tuple(map(float, block_aspect))
-        self.background_scale = tuple(map(float, background_scale))
-        self.min_keep = int(min_keep)
+        super().__init__(grid, num_blocks, block_scale, block_aspect, background_scale, min_keep)
         self.max_retries = int(max_retries)
         self._orders = _scan_orders(self.grid)
 
@@ -560,7 +577,7 @@ def _ijepa_hw(scale: float, aspect: float, gh: int, gw: int) -> tuple[int, int]:
     return h, w
 
 
-class IJepaSampler(MaskSampler):
+class IJepaSampler(MultiBlockSampler):
     """I-JEPA's multi-block sampler, behaviour (and bugs) kept, vectorised.
 
     One random number drives both block scale and aspect; sizes are capped at
@@ -586,11 +603,7 @@ class IJepaSampler(MaskSampler):
         timeout: int = 20,
         max_rounds: int = 20,
     ) -> None:
-        super().__init__(grid, num_blocks)
-        self.block_scale = tuple(map(float, block_scale))
-        self.block_aspect = tuple(map(float, block_aspect))
-        self.background_scale = tuple(map(float, background_scale))
-        self.min_keep = int(min_keep)
+        super().__init__(grid, num_blocks, block_scale, block_aspect, background_scale, min_keep)
         self.timeout = int(timeout)
         self.max_rounds = int(max_rounds)
 
