@@ -40,6 +40,7 @@ __all__ = [
     "FIELDS",
     "SAMPLERS",
     "SAMPLER_DEFAULTS",
+    "StepMasks",
     "BootlegSampler",
     "CyclicSampler",
     "IJepaSampler",
@@ -815,3 +816,15 @@ def build_sampler(cfg: Any, grid: tuple[int, int]) -> MaskSampler:
     if name == "cyclic":
         return CyclicSampler(grid, **p)
     return InverseBlockSampler(grid, **p)
+
+
+class StepMasks:
+    """``(epoch, batch) -> Masks`` of one rank's micro-batch: a pure, picklable function of
+    ``(seed, epoch, batch, rank)`` (the stream and its data-loader workers call it)."""
+
+    def __init__(self, sampler: MaskSampler, batch_size: int, seed: int, rank: int = 0) -> None:
+        self.sampler, self.batch_size, self.seed, self.rank = sampler, int(batch_size), int(seed), int(rank)
+
+    def __call__(self, epoch: int, batch: int) -> Masks:
+        g = torch.Generator().manual_seed(mask_seed(self.seed, epoch, batch, self.rank, 0))
+        return self.sampler(self.batch_size, g)
