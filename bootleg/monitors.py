@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bootleg.config import Config
+from bootleg.models import ViTEncoder, split_prefix
 
 
 @torch.no_grad()
@@ -16,6 +17,21 @@ def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
     s = torch.linalg.svdvals(z.float())
     p = s / (s.sum() + eps) + eps
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def collapse_monitors(
+    encoder: ViTEncoder, images: torch.Tensor, pred: torch.Tensor, target: torch.Tensor
+) -> dict[str, float]:
+    """Prediction / target std over tokens (mean over channels), and RankMe of the exported
+    encoder's (teacher's, or the student's for MAE) mean-patch embeddings of this batch."""
+    _, patches = split_prefix(encoder(images), encoder.num_prefix_tokens)
+    z = patches.float().mean(1)
+    return {
+        "pred_std": float(pred.float().flatten(0, -2).std(0).mean()),
+        "target_std": float(target.float().flatten(0, -2).std(0).mean()),
+        "rankme": rankme(z),
+    }
 
 
 def _vit_flops(tokens: float, dim: int, depth: int, seq: float, mlp_ratio: float = 4.0) -> float:
@@ -37,8 +53,8 @@ def step_flops(cfg: Config, enc_len: int, k: int, p: int, batch: int) -> float:
     predictor = _vit_flops(batch * k * p_seq, pr.embed_dim, pr.depth, p_seq, m.mlp_ratio)
     predictor += 2 * batch * k * p * pr.embed_dim * cfg.target_dim()
     teacher = 0.0
-    if cfg.targets.kind == "latent":
-        depth = max([*cfg.targets.blocks, *cfg.targets.mid_blocks])
+    depth = cfg.targets.teacher_depth()
+    if depth:
         teacher = _vit_flops(batch * (prefix + n), m.embed_dim, depth, prefix + n, m.mlp_ratio)
     return 3 * (student + predictor) + teacher
 

@@ -70,7 +70,7 @@ def _encoder(size: str, cls: bool, regs: int) -> dict[str, Any]:
 
 def _predictor(method: str, size: str, regs: int) -> dict[str, Any]:
     depth, dim, heads = PREDICTORS[method][size]
-    return {"depth": depth, "embed_dim": dim, "num_heads": heads, "reg_tokens": regs}
+    return {"kind": "vit", "depth": depth, "embed_dim": dim, "num_heads": heads, "reg_tokens": regs}
 
 
 def preset(method: str, size: str) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def preset(method: str, size: str) -> dict[str, Any]:
                 "predictor": _predictor(method, size, 0),
             },
             "masking": {"sampler": "random"},
-            "targets": {"kind": "pixels", "blocks": [], "norm_pix": True},
+            "targets": {"kind": "pixels", "norm_pix": True},
             "loss": {"name": "mse"},
             "optim": {
                 "epochs": 1600,

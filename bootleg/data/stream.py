@@ -181,8 +181,7 @@ class TrainStream:
         return ms, ms ^ AUG_SEED_XOR
 
     def _masks(self, epoch: int, batch: int) -> Masks:
-        g = torch.Generator().manual_seed(self._seeds(epoch, batch)[0])
-        return self.sampler(self.batch_size, g)
+        return self.sampler(epoch, batch)
 
     # ------------------------------------------------------------------ in-memory path
     def _prepare(self, order: _Order, step: int) -> tuple[Any, ...]:
@@ -356,8 +355,7 @@ class _Collate:
     def __call__(self, items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, Masks]:
         imgs = torch.stack([x for x, _, _ in items])
         epoch, batch = items[0][1], items[0][2]
-        g = torch.Generator().manual_seed(mask_seed(self.seed, epoch, batch, self.rank, 0))
-        return imgs, self.sampler(len(items), g)
+        return imgs, self.sampler(epoch, batch)
 
 
 def build_stream(

@@ -19,12 +19,20 @@ from torch import nn
 from bootleg.models.pos_embed import sincos_2d
 
 
-def block_forward(blk: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_prefix(x: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (B, prefix + N, D) in order [CLS, registers, patches] -> (prefix (B, prefix, D), patches (B, N, D))."""
+    return x[:, :num_prefix], x[:, num_prefix:]
+
+
+def block_forward(
+    blk: Block, x: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One timm block, also returning the mid-block (post-attention) residual stream.
 
     x: (B, T, D) -> (out (B, T, D), mid (B, T, D))
     """
-    mid = x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
+    a = blk.attn(blk.norm1(x), attn_mask=attn_mask) if attn_mask is not None else blk.attn(blk.norm1(x))
+    mid = x + blk.drop_path1(blk.ls1(a))
     return mid + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(mid)))), mid
 
 
@@ -92,38 +100,51 @@ class ViTEncoder(nn.Module):
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         return torch.cat([*prefix, x], dim=1) if prefix else x
 
-    def forward(
+    def forward_intermediates(
         self,
         images: torch.Tensor,
+        indices: Sequence[int] = (),
+        mid_indices: Sequence[int] = (),
         idx: torch.Tensor | None = None,
-        blocks: Sequence[int] = (),
-        mid_blocks: Sequence[int] = (),
-        final: bool = True,
+        norm: bool = False,
+        stop_early: bool = False,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """Run the encoder.
+        """timm's ``forward_intermediates`` vocabulary, with 1-indexed blocks as in the paper.
 
-        images (B, C, H, W); idx (B, L) or None. ``blocks`` / ``mid_blocks``: 1-indexed
-        blocks whose output / post-attention stream is returned (raw, un-normalised),
-        in the order ``blocks`` then ``mid_blocks``. With ``final=False`` the encoder stops
-        after the deepest requested block and returns ``None`` as its output.
+        images (B, C, H, W); idx (B, L) visible patch indices or None (all N patches).
+        ``indices`` / ``mid_indices``: blocks whose output / post-attention stream is returned
+        (raw, or through the final norm with ``norm=True``), in the order ``indices`` then
+        ``mid_indices``. ``stop_early`` stops after the deepest requested block and returns
+        ``None`` as the final output. ``attn_mask`` (B, 1, T, T) bool, True = may attend.
 
-        Returns (out (B, prefix + L, D) after the final norm, or None; intermediates, each
+        Returns (final tokens (B, prefix + L, D) after the norm, or None; intermediates, each
         (B, prefix + L, D)).
         """
         x = self.embed(images, idx)
-        want_out, want_mid = set(blocks), set(mid_blocks)
-        last = self.depth if final else max([*blocks, *mid_blocks], default=0)
+        want_out, want_mid = set(indices), set(mid_indices)
+        last = max([*indices, *mid_indices], default=0) if stop_early else self.depth
         outs: dict[int, torch.Tensor] = {}
         mids: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks[:last], start=1):
             if i in want_mid:
-                x, mids[i] = block_forward(blk, x)
+                x, mids[i] = block_forward(blk, x, attn_mask)
             else:
-                x = blk(x)
+                x = blk(x, attn_mask=attn_mask) if attn_mask is not None else blk(x)
             if i in want_out:
                 outs[i] = x
-        inter = [outs[b] for b in blocks] + [mids[b] for b in mid_blocks]
-        return (self.norm(x) if final else None), inter
+        inter = [outs[b] for b in indices] + [mids[b] for b in mid_indices]
+        if norm:
+            inter = [self.norm(h) for h in inter]
+        return (None if stop_early else self.norm(x)), inter
+
+    def forward(
+        self, images: torch.Tensor, idx: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """images (B, C, H, W), idx (B, L) or None -> tokens (B, prefix + L, D) after the final norm."""
+        out, _ = self.forward_intermediates(images, idx=idx, attn_mask=attn_mask)
+        assert out is not None
+        return out
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Frozen-probe view of the full image.
@@ -131,13 +152,13 @@ class ViTEncoder(nn.Module):
         Returns ``cls`` (B, D) or None, ``reg`` (B, R, D) or None, ``patch`` (B, N, D),
         ``tokens`` (B, prefix + N, D) — all after the final norm.
         """
-        out, _ = self.forward(images)
-        assert out is not None
+        out = self.forward(images)
+        prefix, patch = split_prefix(out, self.num_prefix_tokens)
         c, r = int(self.has_cls), self.num_reg
         return {
-            "cls": out[:, 0] if c else None,
-            "reg": out[:, c : c + r] if r else None,
-            "patch": out[:, c + r :],
+            "cls": prefix[:, 0] if c else None,
+            "reg": prefix[:, c : c + r] if r else None,
+            "patch": patch,
             "tokens": out,
         }
 

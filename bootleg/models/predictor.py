@@ -1,13 +1,72 @@
-"""ViT predictor: the K mask regions of an image are processed in parallel, each with
-its own copy of the context, so regions never attend to each other (Sec. 4)."""
+"""Predictors: from the student's context tokens to predictions at the masked regions.
+
+Each predictor is a registered config class (``model.predictor.kind``) whose ``build`` returns
+the module; every module maps ``(ctx (B, C + L, D), enc_idx (B, L), pred_idx (B, K, P))`` to
+predictions ``(B, K, P, T)``. Add a predictor: one class registered in :data:`PREDICTORS`.
+
+* ``vit``: the K mask regions of an image are processed in parallel, each with its own copy
+  of the context, so regions never attend to each other (Sec. 4).
+"""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from bootleg.models.pos_embed import sincos_2d
+from bootleg.registry import Registry
+from bootleg.schema import Strict
+
+PREDICTORS: Registry = Registry("model.predictor", "kind")
+
+
+class PredictorConfig(Strict):
+    """Base of every predictor's settings."""
+
+    kind: str
+
+    def build(
+        self, grid: tuple[int, int], enc_dim: int, out_dim: int, num_ctx_prefix: int, mlp_ratio: float
+    ) -> nn.Module:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise ``ValueError`` (one line naming the field) on impossible settings."""
+
+
+@PREDICTORS.register
+class ViTPredictorConfig(PredictorConfig):
+    kind: Literal["vit"] = "vit"
+    depth: int = Field(6, ge=1)
+    embed_dim: int = Field(96, ge=8)
+    num_heads: int = Field(4, ge=1)
+    reg_tokens: int = Field(4, ge=0)
+
+    def check(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"model.predictor.embed_dim: {self.embed_dim} is not divisible by "
+                f"model.predictor.num_heads {self.num_heads}"
+            )
+
+    def build(
+        self, grid: tuple[int, int], enc_dim: int, out_dim: int, num_ctx_prefix: int, mlp_ratio: float
+    ) -> nn.Module:
+        return ViTPredictor(
+            grid=grid,
+            enc_dim=enc_dim,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            out_dim=out_dim,
+            reg_tokens=self.reg_tokens,
+            num_ctx_prefix=num_ctx_prefix,
+            mlp_ratio=mlp_ratio,
+        )
 
 
 class ViTPredictor(nn.Module):
