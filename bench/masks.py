@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.ijepa_reference import IJepaReferenceSampler  # noqa: E402
-from bootleg.masking import SAMPLERS, MaskingParams, build_sampler, mask_seed  # noqa: E402
+from bootleg.masking import SAMPLERS, build_sampler, mask_seed  # noqa: E402
 
 
 def measure(sampler, batch_size: int, seconds: float) -> float:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--grid", type=int, nargs=2, default=[14, 14], metavar=("H", "W"))
     parser.add_argument("--seconds", type=float, default=2.0, help="time per sampler")
-    parser.add_argument("--samplers", nargs="*", default=[*SAMPLERS, "ijepa_reference"])
+    parser.add_argument("--samplers", nargs="*", default=[*SAMPLERS.names(), "ijepa_reference"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     grid = (args.grid[0], args.grid[1])
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "ijepa_reference":
             sampler = IJepaReferenceSampler(grid)
         else:
-            sampler = build_sampler(MaskingParams(sampler=name), grid)
+            sampler = build_sampler({"sampler": name}, grid)
         rate = measure(sampler, args.batch_size, args.seconds)
         row = {
             "sampler": name,

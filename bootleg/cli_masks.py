@@ -16,13 +16,14 @@ import torch
 
 from bootleg.errors import BootlegError
 from bootleg.mask_stats import mask_stats, plot_masks
-from bootleg.masking import SAMPLERS, MaskingParams, MaskSampler, build_sampler
+from bootleg.masking import SAMPLERS, MaskSampler, build_sampler, parse_masking
+from bootleg.schema import parse_override
 
 __all__ = ["add_masks_parser", "format_stats", "main", "run_masks"]
 
 
 def _add_common(p: argparse.ArgumentParser, grid_default: tuple[int, int]) -> None:
-    p.add_argument("--sampler", default="bootleg", help=f"one of {', '.join(SAMPLERS)} (default bootleg)")
+    p.add_argument("--sampler", default="bootleg", help=f"one of {', '.join(SAMPLERS.names())} (default bootleg)")
     p.add_argument(
         "--grid",
         nargs=2,
@@ -73,8 +74,17 @@ def add_masks_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _sampler_from_args(args: argparse.Namespace) -> MaskSampler:
-    params = MaskingParams.from_overrides(args.sampler, args.overrides)
-    return build_sampler(params, tuple(args.grid))
+    """The sampler named by ``--sampler`` with every ``--set [masking.]FIELD=VALUE`` applied,
+    validated by its params class and checked against ``--grid``."""
+    data: dict[str, Any] = {"sampler": args.sampler}
+    for item in args.overrides:
+        parts, value = parse_override(item)
+        if parts[0] == "masking":
+            parts = parts[1:]
+        if len(parts) != 1:
+            raise BootlegError(f"--set {item!r}: expected masking.FIELD=VALUE")
+        data[parts[0]] = value
+    return build_sampler(parse_masking(data), tuple(args.grid))
 
 
 def format_stats(name: str, grid: tuple[int, int], stats: dict[str, Any]) -> str:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bootleg import presets
 from bootleg.errors import BootlegError
+from bootleg.masking import MaskingConfig
+from bootleg.masking.bootleg import BootlegParams
 from bootleg.probe.config import ProbeConfig
 
 Pair = tuple[float, float]
@@ -65,19 +67,6 @@ class ModelConfig(Strict):
     def grid(self) -> tuple[int, int]:
         n = self.img_size // self.patch_size
         return (n, n)
-
-
-class MaskingConfig(Strict):
-    """``None`` fields take the sampler's defaults (``bootleg.masking.SAMPLER_DEFAULTS``)."""
-
-    sampler: Literal["bootleg", "ijepa", "random", "cyclic", "inverse_block"] = "bootleg"
-    num_blocks: int | None = Field(None, ge=1)
-    block_scale: Pair | None = None
-    block_aspect: Pair | None = None
-    background_scale: Pair | None = None
-    min_keep: int | None = Field(None, ge=1)
-    mask_ratio: Pair | None = None
-    inverse_block_size: int | None = Field(None, ge=1)
 
 
 class TargetsConfig(Strict):
@@ -140,7 +129,7 @@ class RunConfig(Strict):
 class Config(Strict):
     method: Literal["bootleg", "ijepa", "mae", "data2vec"] = "bootleg"
     model: ModelConfig = ModelConfig()
-    masking: MaskingConfig = MaskingConfig()
+    masking: MaskingConfig = BootlegParams()
     targets: TargetsConfig = TargetsConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
