@@ -144,13 +144,28 @@ class SamplerParams(Strict):
     A subclass adds ``sampler: Literal["<name>"] = "<name>"``, its own fields, field checks in
     :meth:`check_fields` (raise :func:`field_error`), grid checks in :meth:`check_grid` (raise
     :func:`grid_error`) and :meth:`build`.
+
+    Fields of every sampler:
+        group_size: images of one rank whose masks are sampled together (one block size,
+            truncation to the group's minimum; Appendix C uses a GPU worker's 256), whatever
+            the micro-batch; see :class:`~bootleg.masking.StepMasks`.
+        bucket: ``None``, or pad ``L`` and ``P`` of every micro-batch up to a multiple of it
+            (padding flagged invalid), so a compiled step sees at most
+            ``ceil(N / bucket) ** 2`` shapes, ``N = H*W`` (far fewer in practice).
     """
+
+    group_size: int = 256
+    bucket: int | None = None
 
     def check_fields(self) -> None:
         """Raise ``ValueError("masking.<field>: ...")`` for a value no grid can use."""
 
     @model_validator(mode="after")
     def _fields(self) -> SamplerParams:
+        if self.group_size < 1:
+            raise field_error("group_size", self.group_size, "an integer >= 1")
+        if self.bucket is not None and self.bucket < 1:
+            raise field_error("bucket", self.bucket, "null or an integer >= 1")
         self.check_fields()
         return self
 
