@@ -56,7 +56,12 @@ def add_masks_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="block size rates, seen/target rates, frequency maps")
     _add_common(stats, (14, 14))
-    stats.add_argument("--batch-size", type=int, default=256, help="per-call batch (default 256)")
+    stats.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="micro-batch per rank (default 256); masks are sampled per masking.group_size images",
+    )
     stats.add_argument("--batches", type=int, default=100, help="number of batches (default 100)")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -91,7 +96,7 @@ def format_stats(name: str, grid: tuple[int, int], stats: dict[str, Any]) -> str
     """Readable multi-line summary of a ``mask_stats`` dict."""
     seen, tgt = stats["seen_rate"], stats["target_rate"]
     lines = [
-        f"sampler {name} on {grid[0]}x{grid[1]}",
+        f"sampler {name} on {grid[0]}x{grid[1]} (rates count valid positions only, padding excluded)",
         f"seen rate   {100 * seen['mean']:5.1f} ± {100 * seen['std']:.1f} %",
         f"target rate {100 * tgt['mean']:5.1f} ± {100 * tgt['std']:.1f} %",
     ]

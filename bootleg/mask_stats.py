@@ -64,7 +64,8 @@ def mask_stats(
     """Sample ``batches`` micro-batches of ``batch_size`` masks and summarise them.
 
     Micro-batch ``i`` is ``StepMasks(sampler, batch_size, seed, 0, group_size)(0, i)``: masks
-    are sampled per group of ``group_size`` images (``None``: ``batch_size``), and only valid (non-padding) positions are counted. With
+    are sampled per group of ``group_size`` images (``None``: the sampler's ``masking.group_size``,
+    or ``batch_size`` for a sampler built without params), and only valid (non-padding) positions are counted. With
     ``group_size == batch_size``, batch ``i`` uses a generator seeded with ``mask_seed(seed, 0, i)``.
 
     Returns a dict with exactly these keys:
@@ -87,7 +88,7 @@ def mask_stats(
     seen, target = [], []
     vis_count = torch.zeros(n, dtype=torch.float64)
     tgt_count = torch.zeros(n, dtype=torch.float64)
-    step = StepMasks(sampler, batch_size, seed, 0, group_size or batch_size)
+    step = StepMasks(sampler, batch_size, seed, 0, group_size or sampler.group_size or batch_size)
     for i in range(batches):
         masks = step(0, i)
         enc = enc_mask(masks, n)
