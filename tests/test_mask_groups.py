@@ -194,3 +194,22 @@ def test_green_noise_spectrum_is_high_pass() -> None:
     assert abs(float(green[f > 0].sum() / white[f > 0].sum()) - 1.0) < 0.02
     assert float(green[low].mean() / white[low].mean()) < 0.7  # measured 0.56
     assert float(green[mid].mean() / white[mid].mean()) > 1.1  # the energy sits in the band
+
+
+def test_group_size_and_bucket_through_the_config_and_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from bootleg.cli_masks import main
+    from bootleg.config import load_config
+
+    cfg = load_config(None, ["masking.group_size=64", "masking.bucket=8"])
+    s = build_sampler(cfg.masking, GRID)
+    assert (s.group_size, s.bucket) == (64, 8)
+    with pytest.raises(BootlegError, match="masking.group_size"):
+        load_config(None, ["masking.group_size=0"])
+    argv = ["stats", "--batch-size", "32", "--batches", "4", "--json"]
+    assert main([*argv, "--set", "masking.group_size=32"]) == 0
+    per_batch = capsys.readouterr().out
+    assert main(argv) == 0  # default group of 256: the 4 micro-batches share one group
+    assert per_batch != capsys.readouterr().out
+    assert main([*argv, "--set", "masking.group_size=48"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: masking.group_size: 48") and "\n" not in err
