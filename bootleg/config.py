@@ -116,6 +116,15 @@ class RunConfig(Strict):
     monitor_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    #: torch.compile backend; "eager" only traces (tests count recompilations with it)
+    compile_backend: str = "inductor"
+    #: CUDA graphs (torch.compile's "reduce-overhead" mode) for small models; needs static
+    #: shapes, i.e. masking.bucket set
+    cuda_graphs: bool = False
+    #: float8 matmuls in the student and predictor through torchao (H100-class GPUs)
+    float8: bool = False
+    #: scaled-dot-product attention backend; auto lets PyTorch choose
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     progress: bool = True
 
@@ -139,6 +148,8 @@ class Config(Strict):
         if resolved is not self.targets:
             object.__setattr__(self, "targets", resolved)  # no re-validation loop
         self.targets.check(self.model.depth)
+        if self.run.cuda_graphs and (not self.run.compile or self.masking.bucket is None):
+            raise ValueError("run.cuda_graphs: needs run.compile=true and masking.bucket set (static shapes)")
         o = self.optim
         if o.warmup_epochs > o.epochs:
             raise ValueError(f"optim.warmup_epochs: {o.warmup_epochs} exceeds optim.epochs {o.epochs}")

@@ -123,6 +123,45 @@ def set_schedules(opt: torch.optim.Optimizer, cfg: Config, plan: Plan, step: int
     return lr, wd, ema_at(step, plan.total, o.ema_init, o.ema_final)
 
 
+def compile_engine(engine: Engine, cfg: Config) -> torch.nn.Module:
+    """``torch.compile`` of the whole step. Bucketed masks (``masking.bucket``) give a handful of
+    static shapes, compiled once each (and CUDA graphs become possible); without buckets the
+    mask lengths vary every batch, so the shapes are marked dynamic."""
+    static = cfg.masking.bucket is not None
+    mode = "reduce-overhead" if cfg.run.cuda_graphs else None
+    return torch.compile(engine, dynamic=not static, backend=cfg.run.compile_backend, mode=mode)
+
+
+def attention_backend(name: str) -> Any:
+    """A context that pins scaled-dot-product attention to one backend (``auto``: PyTorch's choice)."""
+    if name == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
+    return sdpa_kernel(backend)
+
+
+def enable_float8(engine: Engine, device: torch.device) -> None:
+    """Swap the student's and predictor's linear layers for torchao's float8 training linears."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise BootlegError("run.float8: needs a CUDA GPU with float8 support (H100/H200, L40S); set it to false")
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        raise BootlegError("run.float8: needs torchao (pip install torchao); set it to false") from None
+
+    def wanted(module: torch.nn.Module, fqn: str) -> bool:  # float8 needs dims divisible by 16
+        return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    convert_to_float8_training(engine.online, module_filter_fn=wanted)
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -179,8 +218,10 @@ class Trainer:
         # what runs the step: the engine, compiled and/or wrapped by DDP (the engine itself is
         # what is saved, so checkpoints never see the wrappers)
         self.model: torch.nn.Module = self.engine
+        if cfg.run.float8:
+            enable_float8(self.engine, self.device)
         if cfg.run.compile:
-            self.model = torch.compile(self.model, dynamic=True)
+            self.model = compile_engine(self.engine, cfg)
         if self.dist.world > 1:
             self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
         self.peak_flops = peak_flops(self.device)
@@ -221,7 +262,7 @@ class Trainer:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         no_sync = self.model.no_sync() if (self.dist.world > 1 and not sync) else nullcontext()
         with no_sync:
-            with amp:
+            with amp, attention_backend(self.cfg.run.attention):
                 loss, pred, target = self.model(images, masks, want_value)
             (loss / self.plan.accum).backward()
         self._shape = (masks.enc_idx.shape[1], *masks.pred_idx.shape[1:])
