@@ -68,6 +68,7 @@ class Part:
     estimate_s: float
     run: Callable[[float], Outcome]
     kind: str = "other"  # how the report summarises it: tests, step, race, epoch
+    cmd: list[str] | None = None  # the command, for subprocess parts
 
 
 def run_parts(
@@ -152,7 +153,7 @@ def subprocess_part(
             return Outcome(FAIL, error=f"{out_file.name} was not written (log: logs/{log.name})")
         return Outcome(PASS, data)
 
-    return Part(name, estimate_s, run, kind)
+    return Part(name, estimate_s, run, kind, cmd)
 
 
 def _last_line(log: Path) -> str:

@@ -170,6 +170,47 @@ def test_report_has_one_row_per_part_and_marks_unmet_targets():
     assert "| step-bootleg-vit-s16 | images/s >= 9,000 | not run | ? |" in md
 
 
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_part_command_parses_and_the_race_configs_validate(smoke, tmp_path):
+    """The full check's commands cannot be run here, but their options and configs can be checked."""
+    from bench import race
+    from bootleg.config import apply_override, build_config, read_params
+
+    argv = ["--out", str(tmp_path), *(["--smoke"] if smoke else ["--cifar-root", "/data/cifar10"])]
+    parts = gc.build_parts(gc.parse(argv), {})
+    assert [p.name for p in parts][:2] == ["cuda-tests", "step-bootleg-vit-b16"]
+    for p in parts:
+        script = p.cmd[1] if p.cmd[1] != "-m" else p.cmd[2]
+        if script == "bench/step.py":
+            a = parse(p.cmd[2:])
+            assert (a.device, a.compile) == (("cpu", False) if smoke else ("cuda", True))
+        elif script == "bench/race.py":
+            a = race.parse(p.cmd[2:])
+            recipe = read_params(a.recipe)
+            for item in a.overrides:
+                apply_override(recipe, item)
+            for m in a.methods:
+                cfg = build_config(race.method_raw(recipe, m), f"race:{m}")
+                assert cfg.method == m and cfg.optim.batch_size == recipe["optim"]["batch_size"]
+                assert cfg.data.name == ("embedded" if smoke else "cifar10")
+                assert smoke or cfg.data.root == "/data/cifar10"
+        else:
+            assert p.cmd[1:3] == ["-m", "pytest"] and "tests/test_cuda.py" in p.cmd
+    assert gc.build_parts(gc.parse([*argv, "--parts", "race-cifar10-vit-t4"]), {})[0].kind == "race"
+
+
+@pytest.mark.parametrize("recipe", ["cifar10-vit-t4.yaml", "cifar10-vit-s4.yaml"])
+def test_cifar10_recipes_validate_for_every_race_method(recipe):
+    from bench.race import METHODS, method_raw
+    from bootleg.config import build_config, read_params
+
+    raw = read_params(ROOT / "configs" / recipe)
+    cfgs = {m: build_config(method_raw(raw, m), recipe) for m in METHODS}
+    assert cfgs["bootleg"].targets.blocks == [1, 4, 8, 12] and cfgs["bootleg"].model.img_size == 32
+    assert {c.model.size for c in cfgs.values()} == {raw["model"]["size"]}
+    assert cfgs["mae"].targets.kind == "pixels" and cfgs["ijepa"].targets.blocks == [12]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_full_check_refuses_to_run_without_cuda(tmp_path, capsys):
     assert gc.main(["--out", str(tmp_path)]) == 2
