@@ -137,16 +137,18 @@ def subprocess_part(
                 start_new_session=True,
             )  # fmt: skip
             try:
-                rc = proc.wait(timeout=max(timeout_s, 0.1))
+                rc: int | None = proc.wait(timeout=max(timeout_s, 0.1))
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                return Outcome(FAIL, error=f"killed at the budget's end after {timeout_s:.0f} s (log: logs/{log.name})")
-        data: dict[str, Any] = {}
+                rc = None
+        data: dict[str, Any] = {}  # read even after a failure: partial results are results
         if out_file is not None and out_file.is_file():
             try:
                 data = read(out_file)
             except Exception as e:
                 return Outcome(FAIL, error=f"{out_file.name}: unreadable ({type(e).__name__}: {e})")
+        if rc is None:
+            return Outcome(FAIL, data, f"killed at the budget's end after {timeout_s:.0f} s (log: logs/{log.name})")
         if rc != 0:
             return Outcome(FAIL, data, f"exit code {rc}: {_last_line(log)} (log: logs/{log.name})")
         if out_file is not None and not data:
@@ -178,7 +180,7 @@ ESTIMATES = {
     "cuda-tests": 75,
     "step-bootleg-vit-b16": 70,
     "step-bootleg-vit-s16": 55,
-    RACE: 200,
+    RACE: 200,  # at the default --race-seconds 25; scales with it
     "epoch-bootleg-vit-s4": 40,
     "step-ijepa-vit-b16": 55,
     "step-mae-vit-b16": 45,
@@ -210,7 +212,13 @@ def build_parts(a: argparse.Namespace, estimates: dict[str, float]) -> list[Part
     parts = []
 
     def est(name: str) -> float:
-        return estimates.get(name, (SMOKE_ESTIMATES.get(name, 15) if a.smoke else ESTIMATES[name]))
+        if name in estimates:
+            return estimates[name]
+        if a.smoke:
+            return SMOKE_ESTIMATES.get(name, 15)
+        if name == RACE:  # three methods: their seconds, ~35 s of calibration, load and probes each
+            return 3 * (a.race_seconds + 35) + 20
+        return ESTIMATES[name]
 
     xml = out / "cuda-tests.xml"
     tests = [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_cuda.py", f"--junitxml={xml}"]

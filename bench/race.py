@@ -197,20 +197,27 @@ def main(argv: list[str] | None = None) -> int:
         entry["wall_s"] = time.perf_counter() - t0
         entries.append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "curve"}), flush=True)
+        write_results(a, entries)  # after every method: a race cut short keeps what it finished
     plot = a.out / "loss_curves.png"
     try:
         plot_curves(entries, plot)
     except Exception:
         traceback.print_exc()
+    write_results(a, entries, plot if plot.is_file() else None)
+    return 0 if all(e["status"] == "pass" for e in entries) else 1
+
+
+def write_results(a: argparse.Namespace, entries: list[dict[str, Any]], plot: Path | None = None) -> None:
     doc = {
         "recipe": str(a.recipe),
         "overrides": a.overrides,
         "seconds": a.seconds,
-        "plot": plot.name if plot.is_file() else None,
+        "plot": plot.name if plot else None,
         "methods": entries,
     }
-    (a.out / "race.json").write_text(json.dumps(doc, indent=2) + "\n")
-    return 0 if all(e["status"] == "pass" for e in entries) else 1
+    tmp = a.out / "race.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(a.out / "race.json")
 
 
 if __name__ == "__main__":

@@ -85,12 +85,15 @@ def test_subprocess_part_reads_its_json_and_reports_the_exit_code(tmp_path):
     assert res.status == gc.FAIL and "was not written" in res.error
 
 
-def test_subprocess_part_is_killed_when_the_budget_runs_out(tmp_path):
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+def test_subprocess_part_is_killed_when_the_budget_runs_out_and_keeps_its_partial_results(tmp_path):
+    out = tmp_path / "partial.json"
+    code = f"import json, time; open({str(out)!r}, 'w').write(json.dumps({{'done': 1}})); time.sleep(60)"
     t0 = time.monotonic()
-    res = gc.subprocess_part("hang", 1, sleeper, None, tmp_path / "h.log", {"PATH": "/usr/bin:/bin"}).run(1.0)
+    part = gc.subprocess_part("hang", 1, [sys.executable, "-c", code], out, tmp_path / "h.log", {"PATH": "/bin"})
+    res = part.run(5.0)
     assert time.monotonic() - t0 < 30
     assert res.status == gc.FAIL and "killed at the budget's end" in res.error
+    assert res.data == {"done": 1}
 
 
 def test_estimates_come_from_the_previous_report_of_the_same_mode(tmp_path):
