@@ -79,20 +79,27 @@ def bench_raw(
 # ------------------------------------------------------------------ profiler shares
 
 
-def profile_records(events: Iterable[Any], device_kind: str) -> list[tuple[str, str, float]]:
-    """``(name, "cpu" | "cuda", microseconds)`` of each profiler event with a time range.
+def profile_records(events: Iterable[Any], names: Iterable[str] | None = None) -> list[tuple[str, str, float]]:
+    """``(name, timeline, microseconds)`` per profiler event with a time range.
 
+    Timelines: ``cuda`` for events on the GPU (kernels, and the GPU spans of ``record_function``
+    scopes), ``cpu`` for host events, and ``kernels`` for the GPU kernel time launched inside a
+    host event (``device_time_total``; computed only for ``names``, as it walks the event tree).
     Works on ``torch.profiler.profile(...).events()`` or any objects with ``name``,
-    ``device_type`` and ``time_range.elapsed_us()``; ``device_kind`` is unused beyond
-    labelling (kept so callers state what they profiled).
+    ``device_type`` and ``time_range.elapsed_us()``.
     """
+    wanted = None if names is None else set(names)
     out = []
     for e in events:
         tr = getattr(e, "time_range", None)
         if tr is None:
             continue
-        kind = "cuda" if "CUDA" in str(getattr(e, "device_type", "")).upper() else "cpu"
-        out.append((str(e.name), kind, float(tr.elapsed_us())))
+        on_gpu = "CUDA" in str(getattr(e, "device_type", "")).upper()
+        out.append((str(e.name), "cuda" if on_gpu else "cpu", float(tr.elapsed_us())))
+        if not on_gpu and wanted is not None and e.name in wanted:
+            kernels = float(getattr(e, "device_time_total", 0.0) or 0.0)
+            if kernels > 0:
+                out.append((str(e.name), "kernels", kernels))
     return out
 
 
@@ -100,19 +107,19 @@ def scope_shares(
     records: Iterable[tuple[str, str, float]],
     scopes: dict[str, str] = SCOPES,
     step_scope: str = STEP_SCOPE,
-    prefer: str = "cuda",
+    prefer: tuple[str, ...] = ("cuda", "kernels", "cpu"),
 ) -> dict[str, Any]:
     """Share of the step in each scope: time inside ``scopes[key]`` / time inside ``step_scope``.
 
-    Times come from the ``prefer`` timeline (the GPU spans of the scopes on CUDA) when it
-    holds the step scope, else from the host timeline. Returns ``{"timeline", "shares":
-    {key: share}, "missing": [key, ...], "step_us"}``; a key whose scope never occurs is in
-    ``missing`` and absent from ``shares``. ``other`` is what no named scope covers (it can
-    be negative when scopes nest).
+    Times come from the first timeline of ``prefer`` that holds the step scope: on CUDA the
+    GPU spans of the scopes, else the GPU kernel time launched inside them, else host time.
+    Returns ``{"timeline", "shares": {key: share}, "missing": [key, ...], "step_us"}``; a key
+    whose scope never occurs is in ``missing`` and absent from ``shares``. ``other`` is what
+    no named scope covers (it can be negative when scopes nest).
     """
     recs = list(records)
     kinds = {k for n, k, _ in recs if n == step_scope}
-    timeline = prefer if prefer in kinds else ("cpu" if "cpu" in kinds else None)
+    timeline = next((k for k in prefer if k in kinds), None)
     if timeline is None:
         return {"timeline": None, "shares": {}, "missing": list(scopes), "step_us": 0.0}
     totals: dict[str, float] = {}
@@ -144,7 +151,8 @@ def profile_steps(tr: Trainer, batches: Iterator, n: int) -> dict[str, Any]:
                 tr.train_step(batches, want_value=False, monitor=False)
         if cuda:
             torch.cuda.synchronize()
-    return scope_shares(profile_records(prof.events(), tr.device.type), prefer="cuda" if cuda else "cpu")
+    records = profile_records(prof.events(), [STEP_SCOPE, *SCOPES.values()] if cuda else None)
+    return scope_shares(records, prefer=("cuda", "kernels", "cpu") if cuda else ("cpu",))
 
 
 # ------------------------------------------------------------------ measurement
@@ -247,8 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     if a.json:
         print(json.dumps(res))
     else:
+        prof = res.pop("profile", None)
         for key, v in res.items():
             print(f"{key:>16}: {v:.4g}" if isinstance(v, float) else f"{key:>16}: {v}")
+        if prof is not None:
+            for key, v in prof["shares"].items():
+                print(f"{'share ' + key:>24}: {100 * v:.1f}% ({prof['timeline']} timeline)")
+            if prof["missing"]:
+                print(f"{'scopes not found':>24}: {', '.join(SCOPES[k] for k in prof['missing'])}")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,11 @@ def test_scope_shares_of_a_fake_profile_prefer_the_gpu_timeline_and_name_missing
     assert got["timeline"] == "cuda" and got["step_us"] == 2000.0
     assert got["shares"] == pytest.approx({"teacher": 0.25, "targets_loss": 0.01, "optimizer_ema": 0.05, "other": 0.69})
     assert got["missing"] == ["student", "predictor"]
-    # without GPU spans of the step, the host timeline is used
+    # without GPU spans of the step: the GPU kernel time launched inside the host scopes
+    kernels = [(STEP_SCOPE, "kernels", 900.0), ("bootleg.teacher", "kernels", 300.0)]
+    got = scope_shares([r for r in recs if r[1] == "cpu"] + kernels)
+    assert got["timeline"] == "kernels" and got["shares"]["teacher"] == pytest.approx(1 / 3)
+    # and without those, the host timeline
     cpu = scope_shares([r for r in recs if r[1] == "cpu"])
     assert cpu["timeline"] == "cpu" and cpu["shares"]["teacher"] == pytest.approx(50 / 300)
     # no step scope at all: nothing can be a share
@@ -141,8 +145,8 @@ def test_scope_shares_of_a_real_cpu_profile():
                 with record_function("bootleg.optimizer"):
                     a.add_(1e-3)
                 a @ a
-    got = scope_shares(profile_records(prof.events(), "cpu"), prefer="cuda")
-    assert got["timeline"] == "cpu"
+    got = scope_shares(profile_records(prof.events(), [STEP_SCOPE, *SCOPES.values()]))
+    assert got["timeline"] == "cpu"  # no GPU: neither GPU spans nor kernel time
     assert set(got["shares"]) == {"teacher", "optimizer_ema", "other"}
     assert 0.5 < got["shares"]["teacher"] < 1.0  # 20 of the 21 matmuls
     assert 0.0 < got["shares"]["optimizer_ema"] < got["shares"]["teacher"]
