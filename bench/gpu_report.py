@@ -155,15 +155,17 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if steps:
         out += ["", "## Training step", ""]
         out += [
-            "| part | config | img/s | MFU | peak GiB | teacher | targets+loss | optimizer+EMA | warm-up s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| part | config | img/s | MFU | peak GiB | teacher | student | predictor | targets+loss | optimizer+EMA "
+            "| warm-up s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in steps:
             d = p["data"]
             mem = _num(d.get("peak_mem_gib"))
             out.append(
                 f"| {p['name']} | {_config(d)} | {d['images_per_s']:,.0f} | {_pct(d.get('mfu'))} | {mem} | "
-                f"{_share(p, 'teacher')} | {_share(p, 'targets_loss')} | {_share(p, 'optimizer_ema')} | "
+                f"{_share(p, 'teacher')} | {_share(p, 'student')} | {_share(p, 'predictor')} | "
+                f"{_share(p, 'targets_loss')} | {_share(p, 'optimizer_ema')} | "
                 f"{_num(d.get('warmup_s'))} |"
             )
     race = next((p for p in parts if p["kind"] == "race" and p.get("data")), None)
