@@ -307,6 +307,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--race-seconds", type=float, default=25.0, help="pretraining seconds per method in the race")
     p.add_argument("--recipe", type=Path, default=ROOT / "configs" / "cifar10-vit-t4.yaml")
     p.add_argument("--cifar-root", default=None, help="CIFAR-10 folder or tarball (default: found)")
+    p.add_argument("--list", action="store_true", help="print the parts, commands and estimates; run nothing")
     return p.parse_args(argv)
 
 
@@ -314,17 +315,24 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     a = parse(argv)
     mode = "smoke" if a.smoke else "full"
+    a.cifar_root = a.cifar_root or (None if a.smoke else default_cifar_root())
+    report = a.out / "report.json"
+    estimates = previous_estimates(report, mode)
+    parts = build_parts(a, estimates)
+    if a.list:
+        total = sum(p.estimate_s for p in parts)
+        for p in parts:
+            print(f"{p.name}: ~{p.estimate_s:.0f} s\n    {' '.join(p.cmd or [])}")
+        print(f"{len(parts)} parts, ~{total:.0f} s estimated ({'previous report' if estimates else 'defaults'}), "
+              f"budget {a.budget_s:.0f} s")  # fmt: skip
+        return 0
     if not a.smoke:
         import torch
 
         if not torch.cuda.is_available():
             print("gpu-check: no CUDA device; the full check needs a GPU (on CPU run `make gpu-check SMOKE=1`)")
             return 2
-    a.cifar_root = a.cifar_root or (None if a.smoke else default_cifar_root())
     a.out.mkdir(parents=True, exist_ok=True)
-    report = a.out / "report.json"
-    estimates = previous_estimates(report, mode)
-    parts = build_parts(a, estimates)
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"gpu-check ({mode}): {len(parts)} parts, budget {a.budget_s:.0f} s -> {a.out}", flush=True)
 

@@ -218,6 +218,14 @@ def test_cifar10_recipes_validate_for_every_race_method(recipe):
     assert cfgs["mae"].targets.kind == "pixels" and cfgs["ijepa"].targets.blocks == [12]
 
 
+def test_list_prints_parts_commands_and_estimates_without_running(tmp_path, capsys):
+    assert gc.main(["--list", "--out", str(tmp_path / "x"), "--race-seconds", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "race-cifar10-vit-t4: ~155 s" in out  # 3 x (10 + 35) + 20
+    assert "bench/step.py --method bootleg --size base --img-size 224" in out
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_full_check_refuses_to_run_without_cuda(tmp_path, capsys):
     assert gc.main(["--out", str(tmp_path)]) == 2
