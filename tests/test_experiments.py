@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bootleg import presets
 from bootleg.config import DISCRIMINATORS, Config, build_config, load_config
 from bootleg.errors import BootlegError
 from bootleg.schema import apply_overrides, flatten, parse_override
@@ -324,3 +325,47 @@ def test_fig2_sweeps_every_depth_of_each_line():
         assert set(range(1, 12)) <= set(xs), (panel, line)
     assert lines[("Fig. 2 left (ViT-S, I-JEPA)", "blue")] == list(range(13))
     assert lines[("Fig. 2 left (ViT-S, I-JEPA)", "red")] == list(range(1, 12))
+
+
+# ---------------------------------------------------------------- a method switch gives that method
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("route", ["--set", "params file", "experiment row"])
+@pytest.mark.parametrize("size", ["micro", "small", "large"])
+@pytest.mark.parametrize("method", presets.METHODS)
+def test_method_switch_is_that_methods_preset_plus_only_what_was_asked(method, size, route, tmp_path):
+    """Issue 8: `method=ijepa` on the root params.yaml is I-JEPA (its sampler, targets, loss,
+    predictor, optimiser, augmentation for the model size), plus only what the file states
+    outside `per_method` and what it scopes to that method."""
+    sets = [f"method={method}", f"model.size={size}"]
+    if route == "--set":
+        cfg = load_config(ROOT / "params.yaml", sets)
+    elif route == "params file":
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump({**PARAMS, "method": method, "model": {**PARAMS["model"], "size": size}}))
+        cfg = load_config(path)
+    else:
+        doc = {"base": [], "variants": [{"name": method, "overrides": sets}]}
+        cfg = load_config(ROOT / "params.yaml", items(doc, doc["variants"][0]))
+    size_of = {"size": size, "img_size": PARAMS["model"]["img_size"], "patch_size": PARAMS["model"]["patch_size"]}
+    preset = build_config({"method": method, "model": size_of})
+    stated = {k: v for k, v in PARAMS.items() if k not in ("method", "per_method")}
+    allowed = set(flatten(stated)) | set(flatten((PARAMS.get("per_method") or {}).get(method) or {}))
+    allowed |= {"optim.warmup_epochs", "model.size"}
+    changed = diff(cfg, preset)
+    assert changed <= allowed, sorted(changed - allowed)
+    for section in (
+        "masking",
+        "targets",
+        "loss",
+        "model.predictor",
+        "data.crop_scale",
+        "data.hflip",
+        "data.interpolation",
+    ):
+        assert all(not covered(k, {section}) for k in changed), section
+    if "warmup_epochs" not in ((PARAMS.get("per_method") or {}).get(method) or {}).get("optim", {}):
+        scaled = preset.optim.warmup_epochs * cfg.optim.epochs / preset.optim.epochs
+        assert cfg.optim.warmup_epochs == pytest.approx(scaled)
