@@ -55,7 +55,8 @@ class ModelConfig(Strict):
     cls_token: bool = True
     reg_tokens: int = Field(4, ge=0)
     drop_path: float = Field(0.0, ge=0, lt=1)
-    init: Literal["xavier", "ijepa"] = "xavier"
+    init: Literal["xavier", "ijepa"] = "xavier"  # ijepa: trunc-normal 0.02 with per-layer rescale
+    ema_encoder: bool = False  # keep (and export) an EMA encoder even if the targets need no teacher
     predictor: PREDICTORS.union() = ViTPredictorConfig()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -132,6 +133,8 @@ class RunConfig(Strict):
 
 class Config(Strict):
     method: Literal["bootleg", "ijepa", "mae", "data2vec"] = "bootleg"
+    #: M masks per image per step, one teacher pass for all M (data2vec 2.0's multi-mask training)
+    mask_repeats: int = Field(1, ge=1)
     model: ModelConfig = ModelConfig()
     masking: MaskingConfig = MaskingConfig()
     targets: TARGETS.union() = LatentTargets()  # type: ignore[valid-type]
@@ -143,6 +146,9 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
+        resolved = self.targets.resolve(self.model.depth)
+        if resolved is not self.targets:
+            object.__setattr__(self, "targets", resolved)  # no re-validation loop
         self.targets.check(self.model.depth)
         o = self.optim
         if o.warmup_epochs > o.epochs:

@@ -20,6 +20,7 @@ from torch.profiler import record_function
 from bootleg.config import Config
 from bootleg.masking import Masks
 from bootleg.models import ViTEncoder, split_prefix
+from bootleg.models.encoder import key_mask
 
 
 class OnlineModel(nn.Module):
@@ -54,6 +55,7 @@ class Engine(nn.Module):
             cls_token=m.cls_token,
             reg_tokens=m.reg_tokens,
             drop_path=m.drop_path,
+            init=m.init,
         )
         predictor = m.predictor.build(
             grid=student.grid,
@@ -61,10 +63,11 @@ class Engine(nn.Module):
             out_dim=cfg.target_dim(),
             num_ctx_prefix=int(m.cls_token),
             mlp_ratio=m.mlp_ratio,
+            init=m.init,
         )
         self.online = OnlineModel(student, predictor)
         self.teacher: ViTEncoder | None = None
-        if cfg.targets.teacher_depth() > 0:
+        if cfg.targets.teacher_depth() > 0 or m.ema_encoder:
             self.teacher = copy.deepcopy(student).requires_grad_(False).eval()
 
     @property
@@ -85,28 +88,37 @@ class Engine(nn.Module):
 
         Args:
             images: (B, C, H, W) normalised images.
-            masks: ``enc_idx`` (B, L) patches the student sees; ``pred_idx`` (B, K, P) patches
-                of the K target regions.
+            masks: ``enc_idx`` (B * M, L) patches the student sees; ``pred_idx`` (B * M, K, P)
+                patches of the K target regions; M = ``mask_repeats`` masks per image (1 but for
+                data2vec 2.0). Optional ``enc_valid`` (B * M, L) and ``pred_valid``
+                (B * M, K, P) flag padding (mask groups of several sizes, shape buckets): padded
+                tokens are never attended to and padded targets do not count in the loss.
             want_value: compute the loss's value (only the no-forward MSE may skip it).
 
         Returns:
             loss: () float32 scalar.
-            pred: (B, K, P, T) the predictor's output.
-            target: (B, K, P, T) float32, no gradient.
+            pred: (B * M, K, P, T) the predictor's output.
+            target: (B * M, K, P, T) float32, no gradient.
         """
+        enc_valid, pred_valid = masks.enc_valid, masks.pred_valid
         with torch.no_grad(), record_function("bootleg.teacher"):
-            # (B, K, P, T): teacher blocks (or pixels) at the masked regions
+            # (B * M, K, P, T): teacher streams (or pixels) at the masked regions, one teacher pass per image
             target = self.target_kind.compute(images, masks.pred_idx, self.teacher, self.cfg.model.patch_size)
         with record_function("bootleg.student"):
-            tokens = self.student(images, masks.enc_idx)  # (B, cls + reg + L, D)
+            reps = masks.enc_idx.shape[0] // images.shape[0]
+            x = images.repeat_interleave(reps, 0) if reps > 1 else images  # (B * M, C, H, W)
+            attn = None
+            if enc_valid is not None:  # prefix tokens are always real
+                prefix_ok = enc_valid.new_ones(enc_valid.shape[0], self.student.num_prefix_tokens)
+                attn = key_mask(torch.cat([prefix_ok, enc_valid], 1))
+            tokens = self.student(x, masks.enc_idx, attn)  # (B * M, cls + reg + L, D)
             prefix, patches = split_prefix(tokens, self.student.num_prefix_tokens)
-            ctx = torch.cat(
-                [prefix[:, : int(self.student.has_cls)], patches], dim=1
-            )  # (B, cls + L, D): registers dropped
+            # (B * M, cls + L, D): the registers are dropped, CLS (if any) goes on
+            ctx = torch.cat([prefix[:, : int(self.student.has_cls)], patches], dim=1)
         with record_function("bootleg.predictor"):
-            pred = self.online.predictor(ctx, masks.enc_idx, masks.pred_idx)  # (B, K, P, T)
+            pred = self.online.predictor(ctx, masks.enc_idx, masks.pred_idx, enc_valid, pred_valid)  # (B * M, K, P, T)
         with record_function("bootleg.loss"):
-            loss = self.loss_fn(pred, target, want_value)
+            loss = self.loss_fn(pred, target, want_value, pred_valid)
         return loss, pred, target
 
     @torch.no_grad()

@@ -71,12 +71,16 @@ class Masks:
 
     enc_idx: torch.Tensor
     pred_idx: torch.Tensor
+    enc_valid: torch.Tensor | None = None
+    pred_valid: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Masks:
         """Return a copy with both index tensors on ``device``."""
         return Masks(
             enc_idx=self.enc_idx.to(device, non_blocking=non_blocking),
             pred_idx=self.pred_idx.to(device, non_blocking=non_blocking),
+            enc_valid=None if self.enc_valid is None else self.enc_valid.to(device, non_blocking=non_blocking),
+            pred_valid=None if self.pred_valid is None else self.pred_valid.to(device, non_blocking=non_blocking),
         )
 
 

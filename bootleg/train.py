@@ -167,7 +167,7 @@ class Trainer:
         self.engine = Engine(cfg).to(self.device)
         self.sampler = build_sampler(cfg.masking, cfg.model.grid)
         micro = micro_batch_size(cfg, self.dist.world)
-        masks = StepMasks(self.sampler, micro, cfg.run.seed, self.dist.rank)
+        masks = StepMasks(self.sampler, micro * cfg.mask_repeats, cfg.run.seed, self.dist.rank)
         self.stream = build_stream(
             cfg.data, cfg.model.img_size, micro, masks, cfg.run.seed, self.dist.rank, self.dist.world, self.device
         )

@@ -93,8 +93,7 @@ def test_every_target_kind_has_its_declared_length(kind):
     """Contract over the target registry: compute() returns (B, K, P, dim()) float32 without grad."""
     torch.manual_seed(0)
     t = ViTEncoder(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=3, reg_tokens=1).eval()
-    params = {"latent": {"blocks": [1, 2]}}.get(kind, {})
-    spec = TARGETS.get(kind)(**params)
+    spec = TARGETS.get(kind)().resolve(t.depth)
     spec.check(t.depth)
     x = torch.randn(2, 3, 16, 16)
     idx = torch.tensor([[[0, 1], [5, 6]], [[2, 3], [14, 15]]])

@@ -17,6 +17,7 @@ from pydantic import Field
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from bootleg.models.encoder import ijepa_init_, key_mask, vit_flops
 from bootleg.models.pos_embed import sincos_2d
 from bootleg.registry import Registry
 from bootleg.schema import Strict
@@ -30,9 +31,23 @@ class PredictorConfig(Strict):
     kind: str
 
     def build(
-        self, grid: tuple[int, int], enc_dim: int, out_dim: int, num_ctx_prefix: int, mlp_ratio: float
+        self,
+        grid: tuple[int, int],
+        enc_dim: int,
+        out_dim: int,
+        num_ctx_prefix: int,
+        mlp_ratio: float,
+        init: str = "xavier",
     ) -> nn.Module:
+        """The module: ``(ctx (B, C + L, enc_dim), enc_idx (B, L), pred_idx (B, K, P), enc_valid
+        (B, L) | None, pred_valid (B, K, P) | None) -> (B, K, P, out_dim)``."""
         raise NotImplementedError
+
+    def flops_per_image(
+        self, enc_len: int, k: int, p: int, num_ctx_prefix: int, out_dim: int, mlp_ratio: float
+    ) -> float:
+        """Forward FLOPs of one image (for MFU)."""
+        return 0.0
 
     def check(self) -> None:
         """Raise ``ValueError`` (one line naming the field) on impossible settings."""
@@ -54,7 +69,13 @@ class ViTPredictorConfig(PredictorConfig):
             )
 
     def build(
-        self, grid: tuple[int, int], enc_dim: int, out_dim: int, num_ctx_prefix: int, mlp_ratio: float
+        self,
+        grid: tuple[int, int],
+        enc_dim: int,
+        out_dim: int,
+        num_ctx_prefix: int,
+        mlp_ratio: float,
+        init: str = "xavier",
     ) -> nn.Module:
         return ViTPredictor(
             grid=grid,
@@ -66,7 +87,14 @@ class ViTPredictorConfig(PredictorConfig):
             reg_tokens=self.reg_tokens,
             num_ctx_prefix=num_ctx_prefix,
             mlp_ratio=mlp_ratio,
+            init=init,
         )
+
+    def flops_per_image(
+        self, enc_len: int, k: int, p: int, num_ctx_prefix: int, out_dim: int, mlp_ratio: float
+    ) -> float:
+        seq = self.reg_tokens + num_ctx_prefix + enc_len + p
+        return k * vit_flops(seq, self.embed_dim, self.depth, seq, mlp_ratio) + 2 * k * p * self.embed_dim * out_dim
 
 
 class ViTPredictor(nn.Module):
@@ -87,6 +115,7 @@ class ViTPredictor(nn.Module):
         reg_tokens: int = 4,
         num_ctx_prefix: int = 1,
         mlp_ratio: float = 4.0,
+        init: str = "xavier",
     ) -> None:
         super().__init__()
         self.grid, self.num_ctx_prefix, self.num_reg = grid, num_ctx_prefix, reg_tokens
@@ -97,21 +126,33 @@ class ViTPredictor(nn.Module):
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.proj = nn.Linear(embed_dim, out_dim)
-        self.reset_parameters()
+        self.reset_parameters(init)
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, init: str = "xavier") -> None:
         for tok in (self.mask_token, self.reg_token):
             if tok is not None:
                 nn.init.normal_(tok, std=0.02)
+        if init == "ijepa":
+            ijepa_init_(self, self.blocks)
+            return
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, ctx: torch.Tensor, enc_idx: torch.Tensor, pred_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        ctx: torch.Tensor,
+        enc_idx: torch.Tensor,
+        pred_idx: torch.Tensor,
+        enc_valid: torch.Tensor | None = None,
+        pred_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """ctx (B, C + L, enc_dim): encoder output with ``C = num_ctx_prefix`` leading global
-        tokens (CLS) and L visible patches; enc_idx (B, L); pred_idx (B, K, P).
+        tokens (CLS) and L visible patches; enc_idx (B, L); pred_idx (B, K, P); ``enc_valid``
+        (B, L) / ``pred_valid`` (B, K, P) mark real (not padded) positions: padded ones are
+        never attended to.
 
         Returns predictions (B, K, P, out_dim).
         """
@@ -126,7 +167,14 @@ class ViTPredictor(nn.Module):
         if self.reg_token is not None:
             parts.insert(0, self.reg_token.to(x.dtype).expand(b * k, -1, -1))
         x = torch.cat(parts, dim=1)
+        mask = None
+        if enc_valid is not None or pred_valid is not None:
+            ones = torch.ones(b, self.num_reg + c, dtype=torch.bool, device=x.device)
+            ev = enc_valid if enc_valid is not None else torch.ones_like(enc_idx, dtype=torch.bool)
+            pv = pred_valid if pred_valid is not None else torch.ones_like(pred_idx, dtype=torch.bool)
+            keys = torch.cat([ones, ev], 1).unsqueeze(1).expand(b, k, -1).reshape(b * k, -1)
+            mask = key_mask(torch.cat([keys, pv.reshape(b * k, p)], 1))
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, attn_mask=mask) if mask is not None else blk(x)
         out = self.proj(self.norm(x[:, -p:]))
         return out.reshape(b, k, p, -1)
