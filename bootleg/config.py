@@ -27,6 +27,8 @@ from pydantic import Field, ValidationError, model_validator
 from bootleg import presets
 from bootleg.errors import BootlegError
 from bootleg.losses import LOSSES, MSE
+from bootleg.masking import MaskingConfig
+from bootleg.masking.bootleg import BootlegParams
 from bootleg.models import PREDICTORS, ViTPredictorConfig
 from bootleg.probe.config import ProbeConfig
 from bootleg.schema import Strict, apply_override, deep_merge, describe_error, flatten
@@ -72,19 +74,6 @@ class ModelConfig(Strict):
     def grid(self) -> tuple[int, int]:
         n = self.img_size // self.patch_size
         return (n, n)
-
-
-class MaskingConfig(Strict):
-    """``None`` fields take the sampler's defaults (``bootleg.masking.SAMPLER_DEFAULTS``)."""
-
-    sampler: Literal["bootleg", "ijepa", "random", "cyclic", "inverse_block"] = "bootleg"
-    num_blocks: int | None = Field(None, ge=1)
-    block_scale: Pair | None = None
-    block_aspect: Pair | None = None
-    background_scale: Pair | None = None
-    min_keep: int | None = Field(None, ge=1)
-    mask_ratio: Pair | None = None
-    inverse_block_size: int | None = Field(None, ge=1)
 
 
 class OptimConfig(Strict):
@@ -136,7 +125,7 @@ class Config(Strict):
     #: M masks per image per step, one teacher pass for all M (data2vec 2.0's multi-mask training)
     mask_repeats: int = Field(1, ge=1)
     model: ModelConfig = ModelConfig()
-    masking: MaskingConfig = MaskingConfig()
+    masking: MaskingConfig = BootlegParams()
     targets: TARGETS.union() = LatentTargets()  # type: ignore[valid-type]
     loss: LOSSES.union() = MSE()  # type: ignore[valid-type]
     optim: OptimConfig = OptimConfig()

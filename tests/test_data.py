@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bootleg.config import DataConfig, MaskingConfig
+from bootleg.config import DataConfig
 from bootleg.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -313,7 +313,7 @@ def _cfg(**kw) -> DataConfig:
     return DataConfig(**base)
 
 
-SAMPLER = build_sampler(MaskingConfig(), (8, 8))
+SAMPLER = build_sampler({"sampler": "bootleg"}, (8, 8))
 
 
 def _same(a: tuple[torch.Tensor, Masks], b: tuple[torch.Tensor, Masks]) -> bool:

@@ -35,7 +35,7 @@ def _check_step(raw: dict) -> None:
         assert not engine.teacher.training and all(not q.requires_grad for q in engine.teacher.parameters())
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_with_every_sampler(method: str, sampler: str) -> None:
     _check_step({**MICRO, "method": method, "masking": {"sampler": sampler}})
