@@ -16,7 +16,6 @@ import yaml
 
 from bootleg import presets
 from bootleg.config import DISCRIMINATORS, Config, build_config, load_config
-from bootleg.errors import BootlegError
 from bootleg.schema import apply_overrides, flatten, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +37,6 @@ TOP_KEYS = {"title", "source", "columns", "findings", "base", "bases", "switches
 VARIANT_KEYS = {"name", "from", "after", "switch", "overrides", "paper", "note", "plot"}
 #: the ablation flow's own check of an override item (flows/params.py)
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*=.*$", re.S)
-#: config values announced for issue 8 that may not have landed on this branch yet: a row that
-#: needs one is an expected failure naming it until it exists, then an ordinary test
-PENDING = ("green_noise",)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -71,14 +67,9 @@ def reference_items(doc: dict[str, Any], v: dict[str, Any]) -> list[str]:
 
 
 def resolve(overrides: list[str], params: str | None = None) -> Config:
-    try:
-        if params is not None:
-            return load_config(params, overrides)
-        return build_config(apply_overrides({}, overrides), "experiment")
-    except BootlegError as e:
-        if any(p in str(e) for p in PENDING):
-            pytest.xfail(f"needs a field announced for issue 8: {e}")
-        raise
+    if params is not None:
+        return load_config(params, overrides)
+    return build_config(apply_overrides({}, overrides), "experiment")
 
 
 def flat(cfg: Config) -> dict[str, Any]:
@@ -237,7 +228,8 @@ SWITCH_FIELDS = {
     "cls_token": {"model.cls_token"},
     "registers": {"model.reg_tokens", "model.predictor.reg_tokens"},
     "predictor": {"model.predictor.depth", "model.predictor.num_heads"},
-    "masking": {"masking.sampler"},
+    # Appendix C.2: the fixed sampler also narrows the block scale and changes the aspect range
+    "masking": {"masking.sampler", "masking.block_scale", "masking.block_aspect"},
     "targets": {"targets.blocks", "targets.norm"},
     "loss": {"loss.name", "loss.beta"},
     "hyperparams": {
