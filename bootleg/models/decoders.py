@@ -18,17 +18,9 @@ from pydantic import Field
 from timm.layers import Mlp
 from torch import nn
 
-from bootleg.models.encoder import ijepa_init_
+from bootleg.models.encoder import ijepa_init_, xavier_init_
 from bootleg.models.pos_embed import sincos_2d
-from bootleg.models.predictor import PREDICTORS, PredictorConfig
-
-
-def _init_linears(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+from bootleg.models.predictor import PREDICTORS, AttentionPredictorConfig, PredictorConfig
 
 
 class CrossBlock(nn.Module):
@@ -84,7 +76,7 @@ class CrossPredictor(nn.Module):
         if init == "ijepa":
             ijepa_init_(self, nn.ModuleList())
         else:
-            _init_linears(self)
+            xavier_init_(self)
 
     def forward(
         self,
@@ -109,17 +101,11 @@ class CrossPredictor(nn.Module):
 
 
 @PREDICTORS.register
-class CrossPredictorConfig(PredictorConfig):
+class CrossPredictorConfig(AttentionPredictorConfig):
     kind: Literal["cross"] = "cross"
     depth: int = Field(8, ge=1)
     embed_dim: int = Field(256, ge=8)
     num_heads: int = Field(8, ge=1)
-
-    def check(self) -> None:
-        if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"model.predictor.embed_dim: {self.embed_dim} is not divisible by model.predictor.num_heads {self.num_heads}"
-            )
 
     def build(
         self,
@@ -166,7 +152,7 @@ class ConvPredictor(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in range(depth))
         self.proj = nn.Linear(embed_dim, out_dim)
         nn.init.normal_(self.mask_token, std=0.02)
-        _init_linears(self)
+        xavier_init_(self)
 
     def forward(
         self,

@@ -55,6 +55,15 @@ def vit_flops(tokens: float, dim: int, depth: int, seq: float, mlp_ratio: float 
     return depth * tokens * (2 * weights + 4 * seq * dim)
 
 
+def xavier_init_(module: nn.Module) -> None:
+    """MAE's initialisation of every linear layer below ``module``: xavier-uniform, zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def ijepa_init_(module: nn.Module, depth_blocks: nn.ModuleList, std: float = 0.02) -> None:
     """I-JEPA's initialisation: truncated normal (std 0.02) for linear and conv weights, zero
     biases, unit LayerNorms, then each block's output projections (attention ``proj`` and MLP
@@ -128,11 +137,7 @@ class ViTEncoder(nn.Module):
         for tok in (self.cls_token, self.reg_token):
             if tok is not None:
                 nn.init.normal_(tok, std=0.02)
-        for m in self.blocks.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_init_(self.blocks)
 
     def embed(self, images: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, C, H, W), idx (B, L) visible patch indices or None (all N).

@@ -17,7 +17,7 @@ from pydantic import Field
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from bootleg.models.encoder import ijepa_init_, key_mask, vit_flops
+from bootleg.models.encoder import ijepa_init_, key_mask, vit_flops, xavier_init_
 from bootleg.models.pos_embed import sincos_2d
 from bootleg.registry import Registry
 from bootleg.schema import Strict
@@ -53,13 +53,12 @@ class PredictorConfig(Strict):
         """Raise ``ValueError`` (one line naming the field) on impossible settings."""
 
 
-@PREDICTORS.register
-class ViTPredictorConfig(PredictorConfig):
-    kind: Literal["vit"] = "vit"
+class AttentionPredictorConfig(PredictorConfig):
+    """Settings shared by the transformer predictors: depth, width and heads."""
+
     depth: int = Field(6, ge=1)
     embed_dim: int = Field(96, ge=8)
     num_heads: int = Field(4, ge=1)
-    reg_tokens: int = Field(4, ge=0)
 
     def check(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -67,6 +66,12 @@ class ViTPredictorConfig(PredictorConfig):
                 f"model.predictor.embed_dim: {self.embed_dim} is not divisible by "
                 f"model.predictor.num_heads {self.num_heads}"
             )
+
+
+@PREDICTORS.register
+class ViTPredictorConfig(AttentionPredictorConfig):
+    kind: Literal["vit"] = "vit"
+    reg_tokens: int = Field(4, ge=0)
 
     def build(
         self,
@@ -134,12 +139,8 @@ class ViTPredictor(nn.Module):
                 nn.init.normal_(tok, std=0.02)
         if init == "ijepa":
             ijepa_init_(self, self.blocks)
-            return
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        else:
+            xavier_init_(self)
 
     def forward(
         self,
