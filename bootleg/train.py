@@ -160,6 +160,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, out: Path, resume: bool, callbacks: Sequence[Callback]) -> None:
         from bootleg.data import build_stream
+        from bootleg.masking import StepMasks
 
         self.cfg, self.out, self.callbacks = cfg, out, list(callbacks)
         kind = "cuda" if cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -185,7 +186,7 @@ class Trainer:
                 cfg.data,
                 cfg.model.img_size,
                 micro,
-                self.sampler,
+                StepMasks(self.sampler, micro, cfg.run.seed, self.dist.rank),
                 cfg.run.seed,
                 self.dist.rank,
                 self.dist.world,
@@ -309,6 +310,7 @@ class Trainer:
                         "loss": loss,
                         **rec,
                         "images_per_s": (self.step - s0) * images_per_step / max(dt, 1e-9),
+                        **({"bad_images": self.stream.bad_images} if self.stream.streaming else {}),
                     }
                     if not math.isfinite(loss):
                         raise NonFiniteLoss(
