@@ -16,7 +16,8 @@ from bootleg.cli import main
 from bootleg.config import MaskingConfig
 from bootleg.data import SOURCES, DataConfig, StreamingStream, build_stream, open_split
 from bootleg.data import sources as src_mod
-from bootleg.data.decode import BadImage, decode_crop
+from bootleg.data.augment import random_resized_crop_params
+from bootleg.data.decode import BadImage, crop_box, decode_crop
 from bootleg.data.shards import ShardItems
 from bootleg.errors import BootlegError
 from bootleg.masking import StepMasks, build_sampler
@@ -153,14 +154,28 @@ def test_bad_files_are_replaced_warned_and_counted(
 
 def test_decode_crop_draft_and_bad_input() -> None:
     data = _jpeg(np.random.default_rng(0), 375, 500, cell=32)
-    args = (64, (0.35, 1.0), (0.75, 4 / 3), True, "bicubic")
-    fast = decode_crop(data, *args, torch.Generator().manual_seed(0))
-    full = decode_crop(data, *args, torch.Generator().manual_seed(0), draft=False)
+    u = torch.rand(4, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    args = (64, u, True, (0.35, 1.0), (0.75, 4 / 3), "bicubic")
+    fast, full = decode_crop(data, *args), decode_crop(data, *args, draft=False)
     assert fast.shape == (3, 64, 64) and fast.dtype == torch.uint8
     assert (fast.float() - full.float()).abs().mean() < 2  # DCT scaling changes pixels, not geometry
+    png = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(png, "PNG")  # the PIL path: same box, (nearly) same pixels
+    assert (decode_crop(png.getvalue(), *args).float() - full.float()).abs().mean() < 2
     for bad in (b"", b"garbage", data[:300]):
         with pytest.raises(BadImage):
-            decode_crop(bad, *args, torch.Generator().manual_seed(0))
+            decode_crop(bad, *args)
+
+
+def test_crop_box_is_torchvisions_rule() -> None:
+    seed = 0
+    for hw in ((375, 500), (40, 400), (500, 30), (64, 64)):
+        for scale in ((0.35, 1.0), (0.08, 1.0), (1.0, 1.0)):
+            seed += 1
+            g = torch.Generator().manual_seed(seed)  # the reference draws 4 x (1, 10) uniforms in this order
+            u = torch.cat([torch.rand(1, 10, generator=g, dtype=torch.float64) for _ in range(4)])
+            ref = random_resized_crop_params(1, hw, scale, (3 / 4, 4 / 3), torch.Generator().manual_seed(seed))
+            assert crop_box(u.numpy(), hw, scale, (3 / 4, 4 / 3)) == tuple(ref[0].tolist())
 
 
 @pytest.mark.cuda

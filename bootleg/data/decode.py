@@ -1,9 +1,11 @@
 """Decoding one streamed image straight to its random resized crop.
 
 CPU (:func:`decode_crop`): read the header, draw the crop box and flip from the step's
-generator, ask libjpeg for a reduced-size decode when the crop will be downscaled anyway
-(PIL's ``draft``: DCT scaling by 1/2, 1/4 or 1/8, never below the output size), then crop
-and resize in one antialiased PIL ``resize(box=...)``. Output: ``(3, S, S)`` uint8.
+generator, have libjpeg-turbo (``simplejpeg``, or PIL for other formats) decode at reduced size
+when the crop will be downscaled by 2x or more anyway (DCT scaling by 1/2, 1/4 or 1/8, the same
+as PIL's ``draft``; never below the output size), then crop and resize in one antialiased PIL
+``resize(box=...)``. Output: ``(3, S, S)`` uint8. (Scales between 1/2 and 1, e.g. 6/8, decode
+slower than full size in libjpeg-turbo, so they are not used.)
 
 CUDA (:func:`decode_batch_cuda`): workers only read bytes and the header size
 (:func:`peek_size`); the batch is decoded on the device by ``torchvision.io.decode_jpeg``
@@ -20,12 +22,13 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 
-from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, apply_augment, sample_augment_params
+from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, apply_augment
 
-__all__ = ["BadImage", "decode_crop", "peek_size", "decode_batch_cuda"]
+__all__ = ["BadImage", "crop_box", "decode_crop", "peek_size", "decode_batch_cuda"]
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -43,34 +46,67 @@ def peek_size(data: bytes) -> tuple[int, int, bool]:
         raise BadImage(f"{type(e).__name__}: {e}") from None
 
 
+def crop_box(
+    u: np.ndarray, hw: tuple[int, int], scale: Sequence[float], ratio: Sequence[float]
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop rule (as :func:`~bootleg.data.augment.random_resized_crop_params`)
+    for one image from its 40 uniforms ``u`` ``(4, 10)`` (area, log ratio, row, column per try):
+    ``(y0, x0, h, w)``. Plain float math: a few microseconds per image."""
+    H, W = hw
+    area = float(H * W)
+    lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+    for t in range(u.shape[1]):
+        target = area * (scale[0] + (scale[1] - scale[0]) * float(u[0, t]))
+        r = math.exp(lr0 + (lr1 - lr0) * float(u[1, t]))
+        w, h = round(math.sqrt(target * r)), round(math.sqrt(target / r))
+        if 0 < w <= W and 0 < h <= H:
+            return math.floor(float(u[2, t]) * (H - h + 1)), math.floor(float(u[3, t]) * (W - w + 1)), h, w
+    in_ratio = W / H
+    if in_ratio < min(ratio):
+        fw, fh = W, int(round(W / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = H, int(round(H * max(ratio)))
+    else:
+        fw, fh = W, H
+    return (H - fh) // 2, (W - fw) // 2, fh, fw
+
+
 def decode_crop(
     data: bytes,
     size: int,
+    u: np.ndarray,
+    flip: bool,
     scale: Sequence[float],
     ratio: Sequence[float],
-    hflip: bool,
     interpolation: str,
-    generator: torch.Generator,
     draft: bool = True,
 ) -> torch.Tensor:
     """Decode ``data`` and return its random resized crop ``(3, size, size)`` uint8 (see module doc).
 
-    The box is drawn on the full-size image with :func:`~bootleg.data.augment.sample_augment_params`
-    (torchvision's rule), so ``draft`` changes the pixels slightly but never the geometry.
+    The box is :func:`crop_box` of the uniforms ``u`` ``(4, 10)`` on the full-size image, so
+    ``draft`` changes the pixels slightly but never the geometry; ``flip`` mirrors the result.
     """
     try:
-        im = Image.open(io.BytesIO(data))
-        W, H = im.size
-        boxes, flips = sample_augment_params(1, (H, W), scale, ratio, hflip, generator)
-        y0, x0, h, w = (int(v) for v in boxes[0])
-        if draft and im.format == "JPEG" and min(h, w) >= 2 * size:
-            im.draft("RGB", (math.ceil(W * size / w), math.ceil(H * size / h)))
-        sx = sy = 1 / round(W / im.size[0])  # libjpeg scales by exactly 1/2^k (the last block padded)
-        im = im.convert("RGB")
-        out = im.resize((size, size), _RESAMPLE[interpolation], box=(x0 * sx, y0 * sy, (x0 + w) * sx, (y0 + h) * sy))
-    except Exception as e:  # PIL raises many types on corrupt input
+        H = W = 0
+        if data[:3] == b"\xff\xd8\xff":
+            H, W, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        pass  # not a header simplejpeg reads: PIL below
+    try:
+        if H:  # JPEG: libjpeg-turbo via simplejpeg, DCT-scaled by 1/k
+            y0, x0, h, w = crop_box(u, (H, W), scale, ratio)
+            k = next((k for k in (8, 4, 2) if draft and min(h, w) >= k * size), 1)
+            arr = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-H // k), min_width=-(-W // k), min_factor=k)
+            im, f = Image.fromarray(arr), 1 / k
+        else:
+            im = Image.open(io.BytesIO(data))
+            W, H = im.size
+            y0, x0, h, w = crop_box(u, (H, W), scale, ratio)
+            im, f = im.convert("RGB"), 1.0
+        out = im.resize((size, size), _RESAMPLE[interpolation], box=(x0 * f, y0 * f, (x0 + w) * f, (y0 + h) * f))
+    except Exception as e:  # the decoders raise many types on corrupt input
         raise BadImage(f"{type(e).__name__}: {e}") from None
-    if bool(flips[0]):
+    if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
 

@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterator
 from itertools import count
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, sample_augment_params
-from bootleg.data.decode import BadImage, decode_batch_cuda, decode_crop, peek_size
+from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from bootleg.data.decode import BadImage, crop_box, decode_batch_cuda, decode_crop, peek_size
 from bootleg.data.order import StepOrder
 from bootleg.data.sources import Items
 from bootleg.errors import BootlegError
@@ -65,18 +66,17 @@ class _StepDataset(Dataset):
     def __len__(self) -> int:  # endless; DataLoader only needs the sampler
         return sys.maxsize
 
-    def _one(self, index: int, slot_seed: int, bad: list[tuple[str, str]]) -> Any:
+    def _one(self, index: int, slot_seed: int, u: np.ndarray, flip: bool, bad: list[tuple[str, str]]) -> Any:
         c, n = self.cfg, len(self.items)
         i = index
         for attempt in range(1, MAX_TRIES + 1):
-            g = torch.Generator().manual_seed(slot_seed)
             try:
                 data = self.items.read(i)
                 if self.cuda:
                     H, W, jpeg = peek_size(data)
-                    boxes, flips = sample_augment_params(1, (H, W), c.crop_scale, c.crop_ratio, c.hflip, g)
-                    return torch.frombuffer(bytearray(data), dtype=torch.uint8), jpeg, boxes[0], flips[0]
-                return decode_crop(data, self.size, c.crop_scale, c.crop_ratio, c.hflip, c.interpolation, g)
+                    box = torch.tensor(crop_box(u, (H, W), c.crop_scale, c.crop_ratio))
+                    return torch.frombuffer(bytearray(data), dtype=torch.uint8), jpeg, box, torch.tensor(flip)
+                return decode_crop(data, self.size, u, flip, c.crop_scale, c.crop_ratio, c.interpolation)
             except (BadImage, OSError) as e:
                 bad.append((self.items.name(i), str(e)))
                 i = mix_seed(slot_seed, attempt) % n
@@ -86,13 +86,16 @@ class _StepDataset(Dataset):
 
     def __getitem__(self, step: int) -> tuple[Any, ...]:
         d = self.order.draw(step)
-        seeds = torch.randint(0, 2**62, (len(d.indices),), generator=d.aug_generator).tolist()
+        B, g = len(d.indices), d.aug_generator
+        seeds = torch.randint(0, 2**62, (B,), generator=g).tolist()
+        uniforms = torch.rand(B, 4, 10, generator=g, dtype=torch.float64).numpy()
+        flips = (torch.rand(B, generator=g) < 0.5).tolist() if self.cfg.hflip else [False] * B
         bad: list[tuple[str, str]] = []
-        out = [self._one(int(i), s, bad) for i, s in zip(d.indices.tolist(), seeds, strict=True)]
+        out = [self._one(int(i), seeds[k], uniforms[k], flips[k], bad) for k, i in enumerate(d.indices.tolist())]
         m = self.masks(d.epoch, d.batch)
         if self.cuda:
-            datas, jpeg, boxes, flips = zip(*out, strict=True)
-            payload: Any = (list(datas), list(jpeg), torch.stack(boxes), torch.stack(flips))
+            datas, jpeg, boxes, flip_t = zip(*out, strict=True)
+            payload: Any = (list(datas), list(jpeg), torch.stack(boxes), torch.stack(flip_t))
         else:
             payload = torch.stack(out)
         return payload, m.enc_idx, m.pred_idx, bad, len(out) + len(bad)
