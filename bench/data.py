@@ -127,11 +127,11 @@ class _NoMasks:
 
 
 def _bootleg(items, n: int, size: int, batch: int = 16) -> float:
-    from bootleg.data.streaming import _StepDataset  # the worker-side code of the stream
+    from bootleg.data.streaming import StepDataset  # what a stream worker runs per step
 
     cfg = DataConfig(name="imagefolder", decode="cpu")
     masks = _NoMasks()
-    ds = _StepDataset(items, StepOrder(len(items), batch, 0), masks, cfg, size, cuda=False)
+    ds = StepDataset(items, StepOrder(len(items), batch, 0), masks, cfg, size, cuda=False)
     steps = max(1, n // batch)
     t = time.process_time()
     for s in range(steps):

@@ -199,3 +199,56 @@ def test_cuda_decode_matches_cpu_path(tmp_path: Path) -> None:
     a, b = cpu.batch(2), dev.batch(2)
     assert b[0].device.type == "cuda" and torch.equal(a[1].enc_idx, b[1].enc_idx.cpu())
     assert (a[0] - b[0].cpu()).abs().mean() < 0.15  # different decoders and resamplers, same crops
+
+
+@pytest.mark.slow
+def test_shard_training_survives_bad_files_and_resumes_byte_identical(tmp_path: Path) -> None:
+    """A folder with a truncated JPEG and a zero-byte file, sharded; pretraining on the shards is
+    killed (SIGKILL) and resumed, and ends byte-identical to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    files = _tree(tmp_path / "src", 400, classes=10)
+    files[5].write_bytes(files[5].read_bytes()[:150])
+    files[77].write_bytes(b"")
+    assert main(["data", "shard", str(tmp_path / "src"), str(tmp_path / "sh"), "--shard-size", "64"]) == 0
+    sets = ["optim.batch_size=32", "run.log_every=5", "run.progress=false", "data.name=shards"]
+    sets += [f"data.root={tmp_path / 'sh'}", "data.num_workers=1", "data.max_bad_fraction=0.05"]
+    args = ["pretrain", "--params", str(root / "params.yaml"), "--steps", "30", "--checkpoint-every", "5"]
+    for s in sets:
+        args += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(*extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "bootleg.cli", *args, *extra]
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    ref = cli("--out", str(tmp_path / "ref"))
+    victim = cli("--out", str(tmp_path / "cut"))
+    ck = tmp_path / "cut" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ck.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert victim.poll() is None, "run ended before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    resumed = cli("--out", str(tmp_path / "cut"), "--resume")
+    _, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    _, ref_err = ref.communicate(timeout=900)
+    assert ref.returncode == 0, ref_err
+    assert (tmp_path / "ref" / "encoder.safetensors").read_bytes() == (
+        tmp_path / "cut" / "encoder.safetensors"
+    ).read_bytes()
+    shards = ShardItems(tmp_path / "sh", "train")
+    bad_names = {
+        shards.name(i) for i in range(len(shards)) if shards.read(i)[:2] != b"\xff\xd8" or len(shards.read(i)) < 200
+    }
+    assert len(bad_names) == 2 and all(n in ref_err for n in bad_names)  # each named in a warning
+    rows = [json.loads(ln) for ln in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 30 and rows[-1]["bad_images"] >= 2

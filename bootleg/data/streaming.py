@@ -35,7 +35,7 @@ from bootleg.errors import BootlegError
 from bootleg.io import mix_seed
 from bootleg.masking import Masks
 
-__all__ = ["StreamingStream", "MAX_TRIES"]
+__all__ = ["MAX_TRIES", "StepDataset", "StreamingStream"]
 
 MAX_TRIES = 16
 _PREFETCH = 2
@@ -55,7 +55,7 @@ def _identity(x: Any) -> Any:
     return x
 
 
-class _StepDataset(Dataset):
+class StepDataset(Dataset):
     """Step -> the decoded (or, for ``cuda``, read) batch of that step, its masks and bad files."""
 
     def __init__(
@@ -172,7 +172,7 @@ class StreamingStream:
 
     def _run(self, start: int) -> Iterator[tuple[torch.Tensor, Masks]]:
         order = StepOrder(self.order.n, self.order.batch_size, self.order.seed, self.order.rank, self.order.world_size)
-        ds = _StepDataset(self.items, order, self.masks, self.cfg, self.img_size, self.cuda_decode)
+        ds = StepDataset(self.items, order, self.masks, self.cfg, self.img_size, self.cuda_decode)
         workers = int(getattr(self.cfg, "num_workers", 0))
         loader = DataLoader(
             ds,
