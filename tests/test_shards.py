@@ -17,7 +17,7 @@ from bootleg.config import MaskingConfig
 from bootleg.data import SOURCES, DataConfig, StreamingStream, build_stream, open_split
 from bootleg.data import sources as src_mod
 from bootleg.data.augment import random_resized_crop_params
-from bootleg.data.decode import BadImage, crop_box, decode_crop
+from bootleg.data.decode import BadImage, crop_box, decode_batch_cuda, decode_crop
 from bootleg.data.shards import ShardItems
 from bootleg.errors import BootlegError
 from bootleg.masking import StepMasks, build_sampler
@@ -176,6 +176,21 @@ def test_crop_box_is_torchvisions_rule() -> None:
             u = torch.cat([torch.rand(1, 10, generator=g, dtype=torch.float64) for _ in range(4)])
             ref = random_resized_crop_params(1, hw, scale, (3 / 4, 4 / 3), torch.Generator().manual_seed(seed))
             assert crop_box(u.numpy(), hw, scale, (3 / 4, 4 / 3)) == tuple(ref[0].tolist())
+
+
+def test_device_decode_batch_logic_on_cpu() -> None:
+    """``decode_batch_cuda``'s batching, crops, flips and corrupt-file handling, run with
+    ``decode_jpeg`` on the CPU device (the CUDA test below runs it on a GPU)."""
+    good = _jpeg(np.random.default_rng(0), 60, 80)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(good)).save(png, "PNG")
+    datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in (good, good[:120], good, png.getvalue())]
+    boxes = torch.tensor([[0, 0, 60, 80]] * 4)
+    flips = torch.tensor([False, False, True, False])
+    x, failed = decode_batch_cuda(datas, [True, True, True, False], boxes, flips, 16, "bicubic", torch.device("cpu"))
+    assert x.shape == (4, 3, 16, 16) and failed == [1]
+    assert torch.equal(x[0], x[2].flip(-1)) and not x[1].any()
+    assert (x[0] - x[3]).abs().mean() < 0.1  # JPEG decoded or PNG via decode_image: same picture
 
 
 @pytest.mark.cuda

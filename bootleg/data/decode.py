@@ -111,6 +111,14 @@ def decode_crop(
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
 
 
+def _decode_one(d: torch.Tensor, j: bool, device: torch.device) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    if j:
+        return decode_jpeg(d, mode=ImageReadMode.RGB, device=device)
+    return decode_image(d, mode=ImageReadMode.RGB).to(device)
+
+
 def decode_batch_cuda(
     datas: list[torch.Tensor],
     jpeg: list[bool],
@@ -119,7 +127,7 @@ def decode_batch_cuda(
     size: int,
     interpolation: str,
     device: torch.device,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, list[int]]:
     """Decode a batch of encoded images on ``device`` and crop/flip/resize/normalise each.
 
     Args:
@@ -128,18 +136,31 @@ def decode_batch_cuda(
         boxes: ``(B, 4)`` crop boxes ``(y0, x0, h, w)`` in full-size pixels; flips ``(B,)`` bool.
 
     Returns:
-        ``(B, 3, size, size)`` float32 normalised on ``device``.
+        ``(B, 3, size, size)`` float32 normalised on ``device``, and the positions of images that
+        failed to decode (workers only checked their headers): those are the dataset mean (zeros
+        after normalisation), the same on every run.
     """
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     on_dev = [d for d, j in zip(datas, jpeg, strict=True) if j]
-    decoded = iter(decode_jpeg(on_dev, mode=ImageReadMode.RGB, device=device) if on_dev else [])
-    out = []
+    try:
+        decoded: list[torch.Tensor | None] | None = (
+            list(decode_jpeg(on_dev, mode=ImageReadMode.RGB, device=device)) if on_dev else []
+        )
+    except RuntimeError:  # a corrupt JPEG in the batch: decode one by one below
+        decoded = None
+    it = iter(decoded or [])
+    out, failed = [], []
     for i, (d, j) in enumerate(zip(datas, jpeg, strict=True)):
-        img = next(decoded) if j else decode_image(d, mode=ImageReadMode.RGB).to(device)
+        try:
+            img = next(it) if (j and decoded is not None) else _decode_one(d, j, device)
+        except RuntimeError:
+            failed.append(i)
+            out.append(torch.zeros(1, 3, size, size, device=device))
+            continue
         out.append(
             apply_augment(
                 img[None], boxes[i : i + 1], flips[i : i + 1], size, interpolation, IMAGENET_MEAN, IMAGENET_STD
             )
         )
-    return torch.cat(out)
+    return torch.cat(out), failed

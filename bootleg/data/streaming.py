@@ -75,7 +75,8 @@ class StepDataset(Dataset):
                 if self.cuda:
                     H, W, jpeg = peek_size(data)
                     box = torch.tensor(crop_box(u, (H, W), c.crop_scale, c.crop_ratio))
-                    return torch.frombuffer(bytearray(data), dtype=torch.uint8), jpeg, box, torch.tensor(flip)
+                    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                    return raw, jpeg, box, torch.tensor(flip), self.items.name(i)
                 return decode_crop(data, self.size, u, flip, c.crop_scale, c.crop_ratio, c.interpolation)
             except (BadImage, OSError) as e:
                 bad.append((self.items.name(i), str(e)))
@@ -94,8 +95,8 @@ class StepDataset(Dataset):
         out = [self._one(int(i), seeds[k], uniforms[k], flips[k], bad) for k, i in enumerate(d.indices.tolist())]
         m = self.masks(d.epoch, d.batch)
         if self.cuda:
-            datas, jpeg, boxes, flip_t = zip(*out, strict=True)
-            payload: Any = (list(datas), list(jpeg), torch.stack(boxes), torch.stack(flip_t))
+            datas, jpeg, boxes, flip_t, names = zip(*out, strict=True)
+            payload: Any = (list(datas), list(jpeg), torch.stack(boxes), torch.stack(flip_t), list(names))
         else:
             payload = torch.stack(out)
         return payload, m.enc_idx, m.pred_idx, bad, len(out) + len(bad)
@@ -190,8 +191,11 @@ class StreamingStream:
             self._account(bad, read)
             masks = Masks(enc, pred).to(self.device, non_blocking=True)
             if self.cuda_decode:
-                datas, jpeg, boxes, flips = payload
-                x = decode_batch_cuda(datas, jpeg, boxes, flips, self.img_size, self.cfg.interpolation, self.device)
+                datas, jpeg, boxes, flips, names = payload
+                x, failed = decode_batch_cuda(
+                    datas, jpeg, boxes, flips, self.img_size, self.cfg.interpolation, self.device
+                )
+                self._account([(names[i], "not decodable on the GPU; left as the mean image") for i in failed], 0)
             else:
                 x = (payload.to(self.device, non_blocking=True).float() - mean) / std
             yield x, masks
