@@ -25,6 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from bootleg import presets
+from bootleg.data.config import DataConfig
 from bootleg.errors import BootlegError
 from bootleg.losses import LOSSES, MSE
 from bootleg.masking import MaskingConfig
@@ -92,19 +93,6 @@ class OptimConfig(Strict):
     ema_init: float = Field(0.9985, ge=0, le=1)
     ema_final: float = Field(0.9985, ge=0, le=1)
     clip_grad: float | None = Field(None, gt=0)
-
-
-class DataConfig(Strict):
-    name: Literal["embedded", "cifar10", "fashion_mnist", "imagefolder"] = "embedded"
-    root: str | None = None
-    download: bool = False
-    limit: int | None = Field(None, ge=1)
-    crop_scale: Pair = (0.35, 1.0)
-    crop_ratio: Pair = (0.75, 4 / 3)
-    hflip: bool = True
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    on_device: bool = True
-    num_workers: int = Field(0, ge=0)
 
 
 class RunConfig(Strict):

@@ -335,6 +335,7 @@ class Trainer:
                         "loss": loss,
                         **rec,
                         "images_per_s": ips,
+                        **({"bad_images": self.stream.bad_images} if self.stream.streaming else {}),
                     }
                     mfu = self.mfu(ips / self.dist.world)
                     if mfu is not None:
