@@ -45,7 +45,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
-from bootleg.config import MaskingConfig  # noqa: E402
 from bootleg.data import DataConfig  # noqa: E402
 from bootleg.data.order import StepOrder  # noqa: E402
 from bootleg.data.shard_writer import write_shards  # noqa: E402
@@ -143,7 +142,7 @@ def _bootleg(items, n: int, size: int, batch: int = 16) -> float:
 def _cuda(shards: Path, n: int, size: int, workers: int, batch: int = 64) -> float:
     cfg = DataConfig(name="shards", root=str(shards), decode="cuda", num_workers=workers)
     items = ShardItems(shards, "train")
-    masks = StepMasks(build_sampler(MaskingConfig(), (size // 16, size // 16)), batch, 0)
+    masks = StepMasks(build_sampler({"sampler": "bootleg"}, (size // 16, size // 16)), batch, 0)
     s = StreamingStream(items, cfg, size, StepOrder(len(items), batch, 0), masks, torch.device("cuda"))
     it = s.batches(0)
     next(it)

@@ -31,7 +31,6 @@ PREFIX = {
     "bootleg.checkpoint": 1,
     "bootleg.probe.config": 1,
     "bootleg.probe.results": 1,
-    "bootleg.data.config": 1,
     "bootleg.targets": 2,
     "bootleg.data": 2,
     "bootleg.presets": 2,

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from bootleg.cli import main
-from bootleg.config import MaskingConfig
 from bootleg.data import SOURCES, DataConfig, StreamingStream, build_stream, open_split
 from bootleg.data import sources as src_mod
 from bootleg.data.augment import random_resized_crop_params
@@ -22,7 +21,7 @@ from bootleg.data.shards import ShardItems
 from bootleg.errors import BootlegError
 from bootleg.masking import StepMasks, build_sampler
 
-SAMPLER = build_sampler(MaskingConfig(), (4, 4))
+SAMPLER = build_sampler({"sampler": "bootleg"}, (4, 4))
 
 
 @pytest.fixture(autouse=True)
