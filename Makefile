@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/masks.py
 	$(PY) bench/step.py --method bootleg --size micro --img-size 32 --batch-size 64 --steps 10
+	$(PY) bench/data.py --images 96 --rounds 1
 
 # Proves and measures the GPU path in one short window (docs/gpu.md): CUDA tests, step speed,
 # a CIFAR-10 quality race; hard budget BUDGET seconds (default 480). SMOKE=1: the same on CPU, tiny.
