@@ -71,6 +71,27 @@ def _all_sum(t: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return t
 
 
+class RanksBatchNorm(nn.BatchNorm1d):
+    """Affine-free batch norm whose training statistics span the global batch of all ranks, so
+    that ``world`` processes train the linear heads as one process does (its input, frozen
+    features, needs no gradient). Same buffers as ``BatchNorm1d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        D = x.shape[1]
+        packed = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), (x * x).sum(0)]).detach()
+        dist.all_reduce(packed)
+        n, mean = packed[0], packed[1 : 1 + D] / packed[0]
+        var = (packed[1 + D :] / n - mean * mean).clamp_(min=0)
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 0.1
+            self.running_mean.mul_(1 - m).add_(mean, alpha=m)  # type: ignore[union-attr]
+            self.running_var.mul_(1 - m).add_(var * n / (n - 1), alpha=m)  # type: ignore[union-attr]
+            self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+
 @dataclass
 class HeadGroup:
     """One probe's grid: ``H = len(lrs) * len(wds)`` heads trained together."""
@@ -95,6 +116,8 @@ def build_groups(
         H = len(sweep.lrs) * len(sweep.wds)
         g = generator(seed, PROBE_NAMES.index(name), 1)
         module = build_heads(name, H, encoder.embed_dim, encoder.num_heads, classes, g).to(device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and isinstance(getattr(module, "bn", None), nn.BatchNorm1d):
+            module.bn = RanksBatchNorm(encoder.embed_dim, affine=False).to(device)
         lrs, wds = grid(sweep)
         groups.append(
             HeadGroup(name, sweep, module, BatchedAdamW(module, lrs.to(device), wds.to(device), module.no_decay))
