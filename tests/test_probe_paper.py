@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ TINY: dict[str, Any] = {
     "knn": {"ks": [5, 10]},
 }  # fmt: skip
 PROBES = ["linear_patch", "linear_cls", "attentive", "knn"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Two shared cores: one intra-op thread is much faster than two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_cfg(**paper: Any) -> ProbeConfig:
