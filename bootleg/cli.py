@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_probe_parser(sub)
-    from bootleg.finetune import add_finetune_parser  # noqa: PLC0415
+    from bootleg.finetune.cli import add_finetune_parser  # noqa: PLC0415
 
     add_finetune_parser(sub)
     return parser

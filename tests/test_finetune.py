@@ -16,12 +16,11 @@ import pytest
 import torch
 
 from bootleg.export import save_encoder
-from bootleg.finetune import (
+from bootleg.finetune import RECIPES, FinetuneConfig
+from bootleg.finetune.run import (
     CLASSIFIER_FILE,
-    RECIPES,
     RESULT_FILE,
     STATE_FILE,
-    FinetuneConfig,
     class_balanced_subset,
     finetune,
     load_classifier,

@@ -18,91 +18,26 @@ import json
 import math
 import os
 import random
-import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import DataLoader
 
 from bootleg.errors import BootlegError
 from bootleg.export import canonical_safetensors, read_metadata
+from bootleg.finetune.config import FinetuneConfig
 from bootleg.io import atomic_write, atomic_write_bytes, atomic_write_text, generator, mix_seed, resolve_device
 from bootleg.probe.data import Views, eval_views, labels_of, open_split
 from bootleg.probe.features import autocast_for
 from bootleg.probe.weights import resolve_checkpoint, run_config
-from bootleg.schema import Strict, apply_overrides, describe_error
 
 STATE_FILE = "finetune_state.pt"
 RESULT_FILE = "finetune.json"
 CLASSIFIER_FILE = "classifier.safetensors"
-
-#: MAE's fine-tuning recipe (github.com/facebookresearch/mae, FINETUNE.md; He et al. 2022,
-#: Table 9), by encoder width. MAE has no ViT-S; ViT-S takes ViT-B's recipe.
-RECIPES: dict[str, dict[str, float]] = {
-    "vit_s": {"epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1},
-    "vit_b": {"epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1},
-    "vit_l": {"epochs": 50, "blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.2},
-}
-WIDTH_RECIPE = {384: "vit_s", 768: "vit_b", 1024: "vit_l"}
-
-
-class FinetuneConfig(Strict):
-    """The ``finetune:`` section. Unset (``None``) recipe fields come from :data:`RECIPES` for the
-    encoder's width (``recipe: auto``), the others are MAE's shared settings."""
-
-    data: Literal["embedded", "cifar10", "fashion_mnist", "imagefolder"] | None = None
-    root: str | None = None
-    limit: int | None = Field(None, ge=2)
-    test_limit: int | None = Field(None, ge=1)
-    #: keep this fraction of every class of the (limited) train split: a fixed subset (seed 0)
-    fraction: float | None = Field(None, gt=0, le=1)
-    recipe: Literal["auto", "vit_s", "vit_b", "vit_l"] = "auto"
-    epochs: int | None = Field(None, ge=1)
-    blr: float | None = Field(None, gt=0)  # lr = blr * batch_size / 256
-    layer_decay: float | None = Field(None, gt=0, le=1)
-    drop_path: float | None = Field(None, ge=0, lt=1)
-    warmup_epochs: float = Field(5, ge=0)
-    min_lr: float = Field(1e-6, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    batch_size: int = Field(1024, ge=2)  # images per optimiser step over all ranks and accumulation
-    accum: int = Field(1, ge=1)  # micro-batches per step
-    smoothing: float = Field(0.1, ge=0, lt=1)
-    mixup: float = Field(0.8, ge=0)
-    cutmix: float = Field(1.0, ge=0)
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
-    color_jitter: float | None = None  # timm: ignored while auto_augment is set
-    reprob: float = Field(0.25, ge=0, le=1)
-    eval_crop: float = Field(0.875, gt=0, le=1)
-    clip_grad: float | None = Field(None, gt=0)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    workers: int = Field(4, ge=0)
-    checkpoint_every: int = Field(500, ge=0)  # steps; 0: epoch ends only
-
-    def resolved(self, embed_dim: int) -> FinetuneConfig:
-        """A copy with the recipe fields filled for an encoder of width ``embed_dim``."""
-        name = self.recipe if self.recipe != "auto" else WIDTH_RECIPE.get(embed_dim, "vit_b")
-        fill = {k: v for k, v in RECIPES[name].items() if getattr(self, k) is None}
-        return self.model_copy(update={**fill, "recipe": name, "epochs": int(fill.get("epochs", self.epochs))})
-
-
-def load_finetune_config(
-    raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "finetune"
-) -> FinetuneConfig:
-    items = [i[len("finetune.") :] if i.strip().startswith("finetune.") else i for i in overrides]
-    try:
-        return FinetuneConfig.model_validate(apply_overrides(raw, items))
-    except ValidationError as e:
-        err = dict(e.errors()[0])
-        err["loc"] = ("finetune", *err["loc"])
-        raise BootlegError(
-            describe_error(err) if source == "finetune" else f"{source}: {describe_error(err)}"
-        ) from None
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -368,38 +303,3 @@ def finetune(
         atomic_write_bytes(out / CLASSIFIER_FILE, canonical_safetensors(safetensors_bytes(blob, metadata=meta)))
         atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result
-
-
-def add_finetune_parser(subparsers: Any) -> Any:
-    p = subparsers.add_parser("finetune", help="fine-tune a checkpoint end to end (MAE's recipe, timm's parts)")
-    p.add_argument("--checkpoint", required=True, help="run folder, encoder.safetensors or MLflow model URI")
-    p.add_argument("--out", required=True, help="output folder (finetune.json, classifier.safetensors)")
-    p.add_argument("--fraction", type=float, help="class-balanced fraction of the train split, e.g. 0.01")
-    p.add_argument("--data", help="dataset (embedded, cifar10, fashion_mnist, imagefolder); default: the run's")
-    p.add_argument("--data-root", help="where the dataset is")
-    p.add_argument("--params", help="YAML file with a finetune: section")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. epochs=10")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_finetune_cli)
-    return p
-
-
-def run_finetune_cli(args: Any) -> int:
-    raw: dict[str, Any] = {}
-    source = "finetune"
-    if args.params:
-        from bootleg.config import read_params
-
-        raw, source = dict(read_params(args.params).get("finetune") or {}), str(args.params)
-    sets = list(args.set or [])
-    sets += [f"{k}={json.dumps(v)}" for k, v in (("fraction", args.fraction), ("data", args.data),
-                                                  ("root", args.data_root)) if v is not None]  # fmt: skip
-    cfg = load_finetune_config(raw, sets, source)
-    log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    res = finetune(args.checkpoint, args.out, cfg, seed=args.seed, device=args.device, log=log)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"finetune top1 {res['score']:.2f}  top5 {res['top5']:.2f}  ({res['train_images']} train images)")
-        print(f"wrote {Path(args.out) / RESULT_FILE}")
-    return 0
