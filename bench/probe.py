@@ -33,7 +33,8 @@ from bootleg.models import ViTEncoder  # noqa: E402
 from bootleg.presets import ENCODERS  # noqa: E402
 from bootleg.probe.cli import load_probe_config, summary  # noqa: E402
 from bootleg.probe.config import ProbeConfig  # noqa: E402
-from bootleg.probe.runner import resolve_checkpoint, run_config, run_probes  # noqa: E402
+from bootleg.probe.runner import run_probes  # noqa: E402
+from bootleg.probe.weights import resolve_checkpoint, run_config  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -74,16 +75,16 @@ def bench_one(
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    doc = run_probes(
+    report = run_probes(
         checkpoint, out, cfg, data=data, probes=args.probes, seed=args.seed, device=args.device,
         log=lambda m: print(f"[{label}] {m}", flush=True), timings=timings,
     )  # fmt: skip
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    print(f"[{label}] " + summary(doc).replace("\n", f"\n[{label}] "))
+    print(f"[{label}] " + summary(report).replace("\n", f"\n[{label}] "))
     print(f"[{label}] suite wall-clock {wall:.1f}s on {device_name(args.device)}", flush=True)
-    results = {k: v for k, v in doc.items() if k not in ("config", "encoder")}
+    results = {r.probe: {"metric": r.metric, "score": r.score, "selected": r.selected} for r in report.results}
     return {"label": label, "wall_s": round(wall, 2), "stages_s": {k: round(v, 2) for k, v in timings.items()},
             "results": results}  # fmt: skip
 

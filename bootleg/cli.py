@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_probe_parser(sub)
+    from bootleg.finetune.cli import add_finetune_parser  # noqa: PLC0415
+
+    add_finetune_parser(sub)
     return parser
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -23,7 +22,8 @@ import torch.nn.functional as F
 from bootleg.data import batch_augment, load_images
 from bootleg.export import save_encoder
 from bootleg.models import ViTEncoder
-from bootleg.probe import ProbeConfig, run_probes
+from bootleg.probe import ProbeConfig, ProbeReport
+from bootleg.probe.runner import run_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = dict(img_size=32, patch_size=4, embed_dim=96, depth=2, num_heads=3)
@@ -33,8 +33,8 @@ PROBE = ProbeConfig.model_validate(
 PROBES = ["linear_patch", "linear_cls", "knn"]
 
 
-def _scores(doc: dict[str, Any]) -> tuple[float, float, float]:
-    return doc["linear_patch"]["top1"], doc["linear_cls"]["top1"], doc["knn"]["best"]["top1"]
+def _scores(rep: ProbeReport) -> tuple[float, float, float]:
+    return rep.score("linear_patch"), rep.score("linear_cls"), rep.score("knn")
 
 
 def _supervised(enc: ViTEncoder, epochs: int = 2, seed: int = 0) -> None:

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from bootleg.config import build_config, dump_config
 from bootleg.export import save_encoder
 from bootleg.models import ViTEncoder
-from bootleg.probe import ProbeConfig, run_probes
-from bootleg.probe.config import CLASSIFY_PROBES, PROBE_NAMES
+from bootleg.probe import PROBE_NAMES, ProbeConfig, ProbeReport
+from bootleg.probe.runner import run_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,38 +58,42 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+def full(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ProbeReport, Path]:
     out = tmp_path_factory.mktemp("probe")
     return run_probes(run_dir, out, small_cfg(), probes=["all"], seed=0), out
 
 
-def test_every_probe_end_to_end(full: tuple[dict[str, Any], Path]) -> None:
-    doc, out = full
-    assert doc["dataset"] == "embedded"  # the run's own dataset
-    assert doc["seed"] == 0 and doc["checkpoint"].endswith("run0")
-    assert doc["splits"] == {"train": 450, "val": 50, "test": 200}
-    assert all(name in doc for name in PROBE_NAMES)
+def test_every_probe_end_to_end(full: tuple[ProbeReport, Path]) -> None:
+    rep, out = full
+    assert rep.dataset == "embedded"  # the run's own dataset
+    assert rep.seed == 0 and rep.checkpoint.endswith("run0") and rep.protocol == "quick"
+    assert {k: rep.splits[k] for k in ("train", "val", "test")} == {"train": 450, "val": 50, "test": 200}
+    assert [r.probe for r in rep.results] == list(PROBE_NAMES) and not rep.skipped
     for name in ("linear_patch", "linear_cls", "attentive"):
-        e = doc[name]
-        assert 0 <= e["top1"] <= e["top5"] <= 100
-        assert set(e["best"]) == {"lr", "wd"}
+        r = rep.get(name)
+        assert r is not None and r.metric == "top1"
+        assert 0 <= r.score <= r.details["top5"] <= 100
+        assert set(r.selected) == {"lr", "wd"}
         assert (out / f"sweep_{name}.png").stat().st_size > 1000
         assert (out / f"confusion_{name}.png").stat().st_size > 1000
-    assert set(doc["knn"]) == {"cls", "patch", "best", "val"}
-    assert set(doc["knn"]["cls"]) == {"5", "10"}
-    assert doc["knn"]["best"]["top1"] == doc["knn"][doc["knn"]["best"]["feature"]][str(doc["knn"]["best"]["k"])]
-    assert doc["seg_data"]["classes"] == 11
+    knn = rep.get("knn")
+    assert knn is not None and set(knn.details) == {"cls", "patch", "val"} and set(knn.selected) == {"feature", "k"}
+    assert set(knn.details["cls"]) == {"5", "10"}
+    assert knn.score == knn.details[knn.selected["feature"]][str(knn.selected["k"])]
+    assert rep.splits["seg"]["classes"] == 11
     for name in ("seg_knn", "seg_linear", "seg_block"):
-        assert 0 < doc[name]["miou"] <= 100
-    assert json.loads((out / "probe.json").read_text()) == doc
+        assert rep.get(name).metric == "miou" and 0 < rep.score(name) <= 100
+    assert ProbeReport.model_validate_json((out / "probe.json").read_text()) == rep
+    assert rep.headline().probe == "attentive"
+    assert rep.metrics()["probe.seg_knn.miou"] == rep.score("seg_knn")
 
 
-def test_chance_is_beaten(full: tuple[dict[str, Any], Path]) -> None:
+def test_chance_is_beaten(full: tuple[ProbeReport, Path]) -> None:
     """Even a random 2-block encoder is well above chance (10%) on CIFAR-10 with these probes."""
-    doc, _ = full
-    assert doc["knn"]["best"]["top1"] > 15
-    assert doc["linear_cls"]["top1"] > 15
-    assert doc["seg_knn"]["miou"] > 1 / 11 * 100 / 2
+    rep, _ = full
+    assert rep.score("knn") > 15
+    assert rep.score("linear_cls") > 15
+    assert rep.score("seg_knn") > 1 / 11 * 100 / 2
 
 
 def _argmax_rowmajor(grid: list[list[float]]) -> tuple[int, int]:
@@ -98,22 +102,24 @@ def _argmax_rowmajor(grid: list[list[float]]) -> tuple[int, int]:
     return divmod(i, len(grid[0]))
 
 
-def test_sweeps_choose_on_validation(full: tuple[dict[str, Any], Path]) -> None:
-    doc, _ = full
+def test_sweeps_choose_on_validation(full: tuple[ProbeReport, Path]) -> None:
+    rep, _ = full
     for name, metric in (("linear_patch", "val_top1"), ("attentive", "val_top1"), ("seg_linear", "val_miou")):
-        e = doc[name]
-        i, j = _argmax_rowmajor(e["grid"][metric])
-        assert e["best"] == {"lr": e["grid"]["lr"][i], "wd": e["grid"]["wd"][j]}
-        assert e[metric] == e["grid"][metric][i][j]
-    val = doc["knn"]["val"]
+        r = rep.get(name)
+        i, j = _argmax_rowmajor(r.details["grid"][metric])
+        assert r.selected == {"lr": r.details["grid"]["lr"][i], "wd": r.details["grid"]["wd"][j]}
+        assert r.details[metric] == r.details["grid"][metric][i][j]
+    knn = rep.get("knn")
+    val = knn.details["val"]
     best = max(((f, int(k)) for f in val for k in val[f]), key=lambda t: (val[t[0]][str(t[1])], -t[1]))
-    assert (doc["knn"]["best"]["feature"], doc["knn"]["best"]["k"]) == best
-    vm = doc["seg_knn"]["val_miou"]
-    assert doc["seg_knn"]["k"] == max((int(k) for k in vm), key=lambda k: (vm[str(k)], -k))
+    assert (knn.selected["feature"], knn.selected["k"]) == best
+    seg = rep.get("seg_knn")
+    vm = seg.details["val_miou"]
+    assert seg.selected["k"] == max((int(k) for k in vm), key=lambda k: (vm[str(k)], -k))
 
 
 def test_test_labels_never_choose(
-    run_dir: Path, full: tuple[dict[str, Any], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_dir: Path, full: tuple[ProbeReport, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Shuffling the test labels changes test scores but not the chosen configurations
     (also: a probe's result does not depend on which other probes run)."""
@@ -129,22 +135,22 @@ def test_test_labels_never_choose(
         return s
 
     monkeypatch.setattr(runner, "load_images", shuffled)
-    doc = run_probes(run_dir, tmp_path, small_cfg(), probes=["linear_patch", "knn"], seed=0)
+    rep = run_probes(run_dir, tmp_path, small_cfg(), probes=["linear_patch", "knn"], seed=0)
     ref = full[0]
-    assert doc["linear_patch"]["best"] == ref["linear_patch"]["best"]
-    assert doc["linear_patch"]["grid"] == ref["linear_patch"]["grid"]
-    assert doc["knn"]["val"] == ref["knn"]["val"]
-    assert doc["knn"]["best"]["k"] == ref["knn"]["best"]["k"]
-    assert doc["linear_patch"]["top1"] != ref["linear_patch"]["top1"]
+    assert rep.get("linear_patch").selected == ref.get("linear_patch").selected
+    assert rep.get("linear_patch").details["grid"] == ref.get("linear_patch").details["grid"]
+    assert rep.get("knn").details["val"] == ref.get("knn").details["val"]
+    assert rep.get("knn").selected == ref.get("knn").selected
+    assert rep.score("linear_patch") != ref.score("linear_patch")
 
 
-def test_same_seed_same_results(run_dir: Path, full: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+def test_same_seed_same_results(run_dir: Path, full: tuple[ProbeReport, Path], tmp_path: Path) -> None:
     doc, out = full
     again = run_probes(run_dir, tmp_path / "a", small_cfg(), probes=["all"], seed=0)
     assert (tmp_path / "a" / "probe.json").read_text() == (out / "probe.json").read_text()
     assert again == doc
     other = run_probes(run_dir, tmp_path / "b", small_cfg(), probes=["linear_cls"], seed=1)
-    assert other["linear_cls"] != doc["linear_cls"]
+    assert other.get("linear_cls") != doc.get("linear_cls")
 
 
 def test_cli_json_matches_file(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,7 +163,8 @@ def test_cli_json_matches_file(run_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "probe.json").read_text())
-    assert [k for k in printed if k in CLASSIFY_PROBES] == ["linear_cls", "knn"]
+    assert [r["probe"] for r in printed["results"]] == ["linear_cls", "knn"]
+    assert all(r["metric"] == "top1" and 0 <= r["score"] <= 100 for r in printed["results"])
 
 
 def _bad_arch(d: Path) -> Path:
@@ -256,6 +263,6 @@ def test_cuda_bf16_on_device(run_dir: Path, tmp_path: Path) -> None:
     assert f.cls is not None and f.cls.device.type == "cuda" and f.tokens is not None
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert enc.forward_features(clean_transform(32)(imgs[:2]))["tokens"].dtype == torch.bfloat16
-    doc = run_probes(run_dir, tmp_path, small_cfg(), probes=["all"], device="cuda")
-    assert doc["knn"]["best"]["top1"] > 15 and doc["linear_cls"]["top1"] > 15
-    assert doc["seg_knn"]["miou"] > 0
+    rep = run_probes(run_dir, tmp_path, small_cfg(), probes=["all"], device="cuda")
+    assert rep.score("knn") > 15 and rep.score("linear_cls") > 15
+    assert rep.score("seg_knn") > 0

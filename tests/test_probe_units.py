@@ -233,3 +233,17 @@ def test_config_has_probe_section() -> None:
     assert again == cfg.probe
     with pytest.raises(BootlegError, match="probe"):
         load_config(None, ["probe.probes=[nope]"])
+
+
+def test_package_modules_are_light() -> None:
+    """``bootleg.config`` imports ``bootleg.probe`` (and may import ``bootleg.finetune``) for their
+    settings: those package modules import neither torch nor the runners."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bootleg.probe, bootleg.finetune; "
+        "print(sorted(m for m in ('torch', 'timm', 'bootleg.probe.runner', 'bootleg.finetune.run') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -19,15 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bootleg.io import trunc_normal
 from bootleg.probe.config import SweepConfig
 from bootleg.probe.sweep import fit, predict, rows, select_best, take_head
 
 #: which cached feature each trained probe reads
 PROBE_FEATURE = {"linear_patch": "mean", "linear_cls": "cls", "attentive": "tokens"}
-
-
-def _trunc_normal(shape: tuple[int, ...], std: float, g: torch.Generator) -> torch.Tensor:
-    return (torch.randn(shape, generator=g) * std).clamp_(-2 * std, 2 * std)
 
 
 class LinearHeads(nn.Module):
@@ -43,7 +40,7 @@ class LinearHeads(nn.Module):
         super().__init__()
         self.heads = heads
         self.bn = nn.BatchNorm1d(dim, affine=False)
-        self.weight = nn.Parameter(_trunc_normal((heads, dim, classes), 0.01, generator))
+        self.weight = nn.Parameter(trunc_normal((heads, dim, classes), 0.01, generator))
         self.bias = nn.Parameter(torch.zeros(heads, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +85,7 @@ class AttentiveHeads(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
 
         def w(*shape: int) -> nn.Parameter:
-            return nn.Parameter(_trunc_normal((H, *shape), 0.02, generator))
+            return nn.Parameter(trunc_normal((H, *shape), 0.02, generator))
 
         def const(value: float, *shape: int) -> nn.Parameter:
             return nn.Parameter(torch.full((H, *shape), value))

@@ -11,7 +11,6 @@ e.g. ``--set linear.epochs=5``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,8 @@ from pydantic import ValidationError
 
 from bootleg.errors import BootlegError
 from bootleg.probe.config import PROBE_GROUPS, PROBE_NAMES, ProbeConfig
-
-
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-    loc = f"probe.{loc}" if loc else "probe"
-    got = err.get("input")
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if err["type"] == "literal_error":
-        return f"{loc}: {got!r} is not allowed; expected {err['ctx']['expected']}"
-    if err["type"] == "value_error":
-        return f"{loc}: {err['ctx']['error']}" if "ctx" in err else f"{loc}: {err['msg']}"
-    return f"{loc}: {err['msg'].lower()}, got {got!r}"
+from bootleg.probe.results import ProbeReport
+from bootleg.schema import apply_overrides, describe_error
 
 
 def build_probe_config(raw: dict[str, Any], source: str = "probe") -> ProbeConfig:
@@ -42,7 +30,9 @@ def build_probe_config(raw: dict[str, Any], source: str = "probe") -> ProbeConfi
     try:
         return ProbeConfig.model_validate(raw)
     except ValidationError as e:
-        what = _describe(e.errors()[0])
+        err = dict(e.errors()[0])
+        err["loc"] = ("probe", *err["loc"])
+        what = describe_error(err)
         raise BootlegError(what if source == "probe" else f"{source}: {what}") from None
 
 
@@ -54,8 +44,8 @@ def load_probe_config(
 ) -> ProbeConfig:
     """The run's ``probe:`` section <- ``params``' ``probe:`` section <- ``overrides``
     (``key.sub=value``, value parsed as YAML) <- ``values`` (top-level fields, taken as is)."""
-    from bootleg.config import apply_override, read_params
-    from bootleg.probe.runner import run_config
+    from bootleg.config import read_params
+    from bootleg.probe.weights import run_config
 
     raw: dict[str, Any] = {}
     source = "probe"
@@ -67,9 +57,8 @@ def load_probe_config(
     if params is not None:
         source = str(params)
         raw = dict(read_params(params).get("probe") or {})
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        apply_override(raw, item[len("probe.") :] if key.startswith("probe.") else item)
+    items = [item[len("probe.") :] if item.strip().startswith("probe.") else item for item in overrides]
+    raw = apply_overrides(raw, items)
     raw.update(values or {})
     return build_probe_config(raw, source)
 
@@ -97,26 +86,17 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def summary(doc: dict[str, Any]) -> str:
-    """A few human-readable lines of a ``probe.json`` document."""
-    lines = [f"dataset {doc['dataset']}  checkpoint {doc['checkpoint']}  seed {doc['seed']}"]
-    for name in PROBE_NAMES:
-        e = doc.get(name)
-        if not isinstance(e, dict):
-            continue
-        if "skipped" in e:
-            lines.append(f"{name:13s} skipped: {e['skipped']}")
-        elif name == "knn":
-            b = e["best"]
-            lines.append(f"{name:13s} top1 {b['top1']:6.2f}  ({b['feature']}, k={b['k']})")
-        elif "top1" in e:
-            lines.append(
-                f"{name:13s} top1 {e['top1']:6.2f}  top5 {e['top5']:6.2f}  (lr {e['best']['lr']:g}, wd {e['best']['wd']:g})"
-            )
-        elif name == "seg_knn":
-            lines.append(f"{name:13s} mIoU {e['miou']:6.2f}  (k={e['k']})")
-        else:
-            lines.append(f"{name:13s} mIoU {e['miou']:6.2f}  (lr {e['best']['lr']:g}, wd {e['best']['wd']:g})")
+def summary(report: ProbeReport) -> str:
+    """A few human-readable lines of a report: each probe's metric, score and selected config."""
+    lines = [
+        f"dataset {report.dataset}  checkpoint {report.checkpoint}  seed {report.seed}  protocol {report.protocol}"
+    ]
+    for r in report.results:
+        sel = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.selected.items())
+        top5 = f"  top5 {r.details['top5']:6.2f}" if "top5" in r.details else ""
+        lines.append(f"{r.probe:13s} {r.metric:4s} {r.score:6.2f}{top5}  ({sel})")
+    for name, why in report.skipped.items():
+        lines.append(f"{name:13s} skipped: {why}")
     return "\n".join(lines)
 
 
@@ -126,10 +106,10 @@ def run_probe_cli(args: argparse.Namespace) -> int:
     values = {k: v for k, v in (("data", args.data), ("root", args.data_root)) if v}
     cfg = load_probe_config(args.checkpoint, args.params, list(args.set or []), values)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    doc = run_probes(args.checkpoint, args.out, cfg, probes=args.probes, seed=args.seed, device=args.device, log=log)
+    report = run_probes(args.checkpoint, args.out, cfg, probes=args.probes, seed=args.seed, device=args.device, log=log)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(report.model_dump_json(indent=2))
     else:
-        print(summary(doc))
+        print(summary(report))
         print(f"wrote {Path(args.out) / PROBE_FILE}")
     return 0

@@ -1,14 +1,16 @@
 """Settings of the frozen-backbone probes: the ``probe:`` section of ``params.yaml``.
 
-This module imports nothing from :mod:`bootleg.config` (which imports it), so it has its
-own strict base with the same rules (unknown keys are errors, assignments validated).
+:mod:`bootleg.config` imports this module (``Config.probe``); it imports only
+:mod:`bootleg.schema` (the shared strict base), never anything above it.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from bootleg.schema import Strict
 
 Pair = tuple[float, float]
 
@@ -23,10 +25,6 @@ PROBE_GROUPS: dict[str, tuple[str, ...]] = {
     "classify": CLASSIFY_PROBES,
     "segment": SEGMENT_PROBES,
 }
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def expand_probe_names(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -52,7 +50,7 @@ def expand_probe_names(names: list[str] | tuple[str, ...]) -> list[str]:
     return [p for p in PROBE_NAMES if p in want]
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     """A grid of ``len(lrs) x len(wds)`` heads trained together (AdamW, cosine LR decay
     after a linear warm-up); the best head on the validation split is reported on test.
 
@@ -112,7 +110,7 @@ class SegBlockSweep(SweepConfig):
     warmup_epochs: float = Field(1.0, ge=0)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     """Training views of the trained classification probes.
 
     The backbone runs once per view: every training image gets its clean (evaluation) view
@@ -128,7 +126,7 @@ class AugmentConfig(_Strict):
     jitter: float = Field(0.4, ge=0, lt=1)
 
 
-class KnnConfig(_Strict):
+class KnnConfig(Strict):
     """Cosine k-NN on L2-normalised embeddings, votes weighted by ``exp(sim / temperature)``."""
 
     ks: list[int] = Field([10, 20, 50, 100], min_length=1)
@@ -142,7 +140,7 @@ class KnnConfig(_Strict):
         return sorted(set(v))
 
 
-class SegConfig(_Strict):
+class SegConfig(Strict):
     """Dense probes: the data and the three probes' settings.
 
     With ``root`` unset the task is derived from the classification data (see
@@ -188,7 +186,32 @@ class SegConfig(_Strict):
         return v
 
 
-class ProbeConfig(_Strict):
+class PaperConfig(Strict):
+    """``protocol: paper``: the paper's online classification probes (Sec. 5.1).
+
+    The frozen encoder runs in the loop (bf16 on CUDA, no gradients); every head of the
+    ``linear`` and ``attentive`` LR x WD grids trains on the same forward pass of each batch,
+    with a fresh augmentation (``augment``'s crop, flip and colour jitter) of every image in
+    every epoch. ``linear.lrs/wds/warmup_epochs`` and ``attentive.lrs/wds/warmup_epochs`` give
+    the grids; ``epochs`` and ``batch_size`` here replace theirs (one batch feeds every head).
+    """
+
+    epochs: int = Field(20, ge=1)
+    #: images per optimiser step over all ranks (each rank takes ``batch_size / world``)
+    batch_size: int = Field(256, ge=1)
+    #: images per forward on the validation and test splits (per rank)
+    eval_batch_size: int = Field(256, ge=1)
+    #: evaluation view: resize the short side to ``round(S / eval_crop)``, centre crop ``S``
+    eval_crop: float = Field(0.875, gt=0, le=1)
+    #: DataLoader worker processes per rank (decode + augmentation)
+    workers: int = Field(4, ge=0)
+    #: save heads + optimiser state every this many steps (and at every epoch end); 0: epoch ends only
+    checkpoint_every: int = Field(500, ge=0)
+    #: kNN under ``paper``: the bank is a fixed seeded subset of at most this many training images
+    knn_bank: int = Field(100_000, ge=1)
+
+
+class ProbeConfig(Strict):
     """The ``probe:`` section of ``params.yaml``.
 
     ``data`` / ``root`` unset: the run's own dataset. ``limit`` / ``test_limit`` keep a fixed
@@ -198,6 +221,9 @@ class ProbeConfig(_Strict):
     """
 
     probes: list[str] = list(CLASSIFY_PROBES)
+    #: ``quick``: features cached once, heads trained on the cache (small data, CPU);
+    #: ``paper``: the paper's online protocol (frozen encoder in the loop, fresh augmentation)
+    protocol: Literal["quick", "paper"] = "quick"
     data: Literal["embedded", "cifar10", "fashion_mnist", "imagefolder"] | None = None
     root: str | None = None
     limit: int | None = Field(None, ge=2)
@@ -210,6 +236,7 @@ class ProbeConfig(_Strict):
     #: keep images and features on the GPU (small datasets)
     on_device: bool = True
     augment: AugmentConfig = AugmentConfig()
+    paper: PaperConfig = PaperConfig()
     linear: LinearSweep = LinearSweep()
     attentive: AttentiveSweep = AttentiveSweep()
     knn: KnnConfig = KnnConfig()

@@ -90,6 +90,26 @@ def color_jitter(images_uint8: torch.Tensor, strength: float, generator: torch.G
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+def probe_inputs(f: dict[str, torch.Tensor | None], want: Iterable[str]) -> dict[str, torch.Tensor]:
+    """One ``encoder.forward_features`` output -> the probes' inputs (float32):
+    ``cls`` (B, D), ``mean`` (B, D) mean patch embedding, ``tokens`` (B, T, D) affine-free
+    layer norm of all tokens, ``patch`` (B, P, D), ``seq`` (B, T, D) raw tokens."""
+    tokens, patch = f["tokens"].float(), f["patch"].float()  # type: ignore[union-attr]
+    out: dict[str, torch.Tensor] = {}
+    for k in want:
+        if k == "cls":
+            out[k] = f["cls"].float()  # type: ignore[union-attr]
+        elif k == "mean":
+            out[k] = patch.mean(1)
+        elif k == "tokens":
+            out[k] = F.layer_norm(tokens, tokens.shape[-1:], eps=1e-6)
+        elif k == "patch":
+            out[k] = patch
+        else:
+            out[k] = tokens
+    return out
+
+
 def clean_transform(size: int) -> Transform:
     """Evaluation view: resize to ``size`` and normalise. (B,3,H,W) uint8 -> (B,3,S,S) float."""
     return lambda x: eval_transform(x, size)
@@ -157,20 +177,8 @@ def extract(
         x = transform(images_uint8[s : s + batch_size].to(device, non_blocking=True))
         with autocast_for(device, precision):
             f = encoder.forward_features(x)
-        tokens = f["tokens"].float()
-        patch = f["patch"].float()
-        for k in want:
-            if k == "cls":
-                v = f["cls"].float()  # type: ignore[union-attr]
-            elif k == "mean":
-                v = patch.mean(1)
-            elif k == "tokens":
-                v = F.layer_norm(tokens, tokens.shape[-1:], eps=1e-6).to(STORE_DTYPE)
-            elif k == "patch":
-                v = patch.to(STORE_DTYPE)
-            else:
-                v = tokens.to(STORE_DTYPE)
-            chunks[k].append(v.to(store))
+        for k, v in probe_inputs(f, want).items():
+            chunks[k].append(v.to(STORE_DTYPE if v.dim() == 3 else v.dtype).to(store))
     out = Features()
     for k, parts in chunks.items():
         if parts:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from bootleg.export import atomic_write_bytes
+from bootleg.io import atomic_write
 
 
 def _save(fig: object, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))  # type: ignore[attr-defined]
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
 
 

@@ -21,7 +21,7 @@ class ProbeResult(Strict):
     probe: str  # e.g. "linear_cls"
     metric: str  # e.g. "top1" or "miou"
     score: float  # percent, on the test split, of the configuration selected on validation
-    selected: dict[str, float] = {}  # the chosen hyper-parameters (lr, wd, k, ...)
+    selected: dict[str, float | int | str] = {}  # the chosen hyper-parameters (lr, wd, k, feature, ...)
     details: dict[str, Any] = {}  # everything else: per-config validation/test, top-5, per-class, ...
 
 
@@ -31,10 +31,11 @@ class ProbeReport(Strict):
     checkpoint: str
     dataset: str
     seed: int
-    protocol: str = "quick"
+    protocol: str = "quick"  # "quick" (cached features) or "paper" (online, frozen encoder in the loop)
     encoder: dict[str, Any] = {}
     splits: dict[str, Any] = {}
     results: list[ProbeResult] = []
+    skipped: dict[str, str] = {}  # probe -> why it could not run (e.g. no CLS token)
     config: dict[str, Any] = {}
 
     def get(self, probe: str) -> ProbeResult | None:

@@ -1,20 +1,23 @@
-"""``run_probes``: load a frozen encoder, extract features once, run the requested probes,
-write ``probe.json`` and the plots."""
+"""``run_probes``: load a frozen encoder, run the requested probes, write ``probe.json`` (a
+:class:`~bootleg.probe.results.ProbeReport`) and the plots.
+
+``protocol: quick`` extracts features once and trains the heads on the cache (this module);
+``protocol: paper`` runs the frozen encoder in the loop (:mod:`bootleg.probe.online`)."""
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from bootleg.data import load_images
 from bootleg.errors import BootlegError
-from bootleg.export import atomic_write_bytes, load_encoder, resolve_encoder_path
+from bootleg.export import load_encoder
+from bootleg.io import atomic_write_text, resolve_device
 from bootleg.models import ViTEncoder
 from bootleg.probe.classify import PROBE_FEATURE, run_trained_probe
 from bootleg.probe.config import (
@@ -24,6 +27,7 @@ from bootleg.probe.config import (
     ProbeConfig,
     expand_probe_names,
 )
+from bootleg.probe.data import split_train_val
 from bootleg.probe.features import (
     Features,
     augment_transform,
@@ -32,46 +36,15 @@ from bootleg.probe.features import (
     extract,
 )
 from bootleg.probe.knn import knn_classify
+from bootleg.probe.online import run_online
 from bootleg.probe.plots import plot_confusion, plot_sweep
+from bootleg.probe.results import ProbeReport, ProbeResult
 from bootleg.probe.segdata import SegSet, finalize_classes, load_seg_folder, pasted_objects
 from bootleg.probe.segment import run_seg_head, run_seg_knn
+from bootleg.probe.weights import resolve_checkpoint, run_config
 
 PROBE_FILE = "probe.json"
 Log = Callable[[str], None]
-
-
-def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A run folder, an ``encoder.safetensors`` or an MLflow model URI -> the weights file."""
-    s = str(checkpoint)
-    if s.startswith(("models:/", "runs:/")):
-        try:
-            from bootleg.tracking import download_encoder
-        except ImportError:
-            raise BootlegError(f"{s}: MLflow URIs need bootleg.tracking, which is not available") from None
-        return resolve_encoder_path(download_encoder(s))
-    return resolve_encoder_path(s)
-
-
-def run_config(weights: Path) -> dict[str, Any]:
-    """The run's ``config.yaml`` beside the weights as a plain dict (empty when absent)."""
-    path = weights.parent / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        raise BootlegError(f"{path}: not a readable run config ({type(e).__name__})") from None
-    return raw if isinstance(raw, dict) else {}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise BootlegError(f"device: {name!r} is not one of auto, cpu, cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BootlegError("device: 'cuda' requested but no CUDA device is available; expected 'cpu' or 'auto'")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def probe_generator(seed: int, stream: str) -> torch.Generator:
@@ -79,15 +52,6 @@ def probe_generator(seed: int, stream: str) -> torch.Generator:
     which other probes run."""
     salt = (PROBE_NAMES + ("split", "views", "seg_data", "seg_split", "seg_views")).index(stream)
     return torch.Generator().manual_seed(int(seed) * 1009 + salt)
-
-
-def split_train_val(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded split of ``n`` items -> (train indices, validation indices), each sorted."""
-    if n < 2:
-        raise BootlegError(f"probe.limit: {n} training image(s); expected at least 2 to carve a validation split")
-    perm = torch.randperm(n, generator=generator)
-    n_val = min(n - 1, max(1, round(n * fraction)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
 class _Timer:
@@ -302,8 +266,8 @@ def run_probes(
     device: str = "auto",
     log: Log | None = None,
     timings: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Probe a frozen encoder; write ``probe.json`` and plots into ``out``; return the results.
+) -> ProbeReport:
+    """Probe a frozen encoder; write ``probe.json`` and plots into ``out``; return the report.
 
     Args:
         checkpoint: run folder, ``encoder.safetensors``, or MLflow URI (``models:/``, ``runs:/``).
@@ -317,8 +281,9 @@ def run_probes(
         timings: filled with seconds per stage (not written to ``probe.json``).
 
     Returns:
-        ``{"checkpoint", "dataset", "seed", "encoder", "splits", <probe>: {...}, ...}``;
-        accuracies and mIoU in percent.
+        :class:`ProbeReport`: one :class:`ProbeResult` per probe that ran (its ``metric``,
+        ``top1`` or ``miou``, and ``score`` in percent on the test split for the configuration
+        selected on the validation split), probes that could not run in ``skipped``.
 
     Raises:
         BootlegError: unknown probe, unreadable or mismatched weights, missing dataset, ...
@@ -330,7 +295,11 @@ def run_probes(
         names = expand_probe_names(probes) if probes else list(cfg.probes)
     except ValueError as e:
         raise BootlegError(f"--probes: {e}") from None
-    dev = resolve_device(device)
+    paper = cfg.protocol == "paper"
+    if paper and any(n in SEGMENT_PROBES for n in names):
+        seg = ", ".join(n for n in names if n in SEGMENT_PROBES)
+        raise BootlegError(f"probe.protocol: 'paper' covers the classification probes; run {seg} with 'quick'")
+    dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")), field="device")
     t0 = time.perf_counter()
     weights = resolve_checkpoint(checkpoint)
     encoder = load_encoder(weights, map_location=dev).requires_grad_(False)
@@ -342,7 +311,7 @@ def run_probes(
     out.mkdir(parents=True, exist_ok=True)
     cls_names = [n for n in names if n in CLASSIFY_PROBES]
     seg_names = [n for n in names if n in SEGMENT_PROBES]
-    need_images = bool(cls_names) or (bool(seg_names) and not cfg.seg.root)
+    need_images = (bool(cls_names) and not paper) or (bool(seg_names) and not cfg.seg.root)
     train_set = test_set = None
     if need_images:
         train_set = load_images(name, "train", root=root, limit=cfg.limit)
@@ -351,23 +320,54 @@ def run_probes(
             raise BootlegError(f"probe.data: {name} has an empty test split; expected test images")
     timer("load", t0)
 
-    doc: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "dataset": name,
-        "seed": seed,
-        "encoder": encoder.arch(),
-    }
-    if cls_names:
+    report = ProbeReport(
+        checkpoint=str(checkpoint), dataset=name, seed=seed, protocol=cfg.protocol, encoder=encoder.arch()
+    )
+    if cls_names and paper:
+        t0 = time.perf_counter()
+        results, splits = run_online(encoder, cls_names, cfg, name, root, seed, dev, out, str(checkpoint), log)
+        report.splits.update(splits)
+        _add_results(report, cls_names, results)
+        timer("paper", t0)
+    elif cls_names:
         results, splits = _classify(encoder, cls_names, cfg, train_set, test_set, seed, dev, timer, out)
-        doc["splits"] = splits
-        doc.update({n: results[n] for n in cls_names})
+        report.splits.update(splits)
+        _add_results(report, cls_names, results)
     if seg_names:
         train, test = _seg_sets(cfg, encoder.img_size, name, train_set, test_set, seed)
         results, info = _segment(encoder, seg_names, cfg, train, test, seed, dev, timer, out)
-        doc["seg_data"] = info
-        doc.update({n: results[n] for n in seg_names})
-    doc["config"] = cfg.model_dump(mode="json")
-    text = json.dumps(doc, indent=2)
-    atomic_write_bytes(out / PROBE_FILE, lambda tmp: Path(tmp).write_text(text + "\n"))
+        report.splits["seg"] = info
+        _add_results(report, seg_names, results)
+    report.config = cfg.model_dump(mode="json")
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_report(report, out)
     timer("total", t_start)
-    return doc
+    return report
+
+
+def write_report(report: ProbeReport, out: Path) -> Path:
+    """``out/probe.json`` (atomic)."""
+    return atomic_write_text(out / PROBE_FILE, report.model_dump_json(indent=2) + "\n")
+
+
+def _add_results(report: ProbeReport, names: list[str], entries: dict[str, dict[str, Any]]) -> None:
+    for n in names:
+        if "skipped" in entries[n]:
+            report.skipped[n] = entries[n]["skipped"]
+        else:
+            report.results.append(to_result(n, entries[n]))
+
+
+def to_result(probe: str, entry: dict[str, Any]) -> ProbeResult:
+    """One probe's raw entry -> its typed result (headline metric, score, selected config)."""
+    if probe == "knn":
+        b = entry["best"]
+        details = {k: v for k, v in entry.items() if k != "best"}
+        return ProbeResult(probe=probe, metric="top1", score=b["top1"], selected={"feature": b["feature"], "k": b["k"]},
+                           details=details)  # fmt: skip
+    if probe == "seg_knn":
+        details = {k: v for k, v in entry.items() if k not in ("miou", "k")}
+        return ProbeResult(probe=probe, metric="miou", score=entry["miou"], selected={"k": entry["k"]}, details=details)
+    metric = "miou" if probe in SEGMENT_PROBES else "top1"
+    details = {k: v for k, v in entry.items() if k not in (metric, "best")}
+    return ProbeResult(probe=probe, metric=metric, score=entry[metric], selected=dict(entry["best"]), details=details)

@@ -21,14 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bootleg.io import trunc_normal
 from bootleg.probe.config import SweepConfig
 from bootleg.probe.features import autocast_for
 from bootleg.probe.knn import knn_segment
 from bootleg.probe.sweep import fit, rows, select_best, take_head
-
-
-def _trunc_normal(shape: tuple[int, ...], std: float, g: torch.Generator) -> torch.Tensor:
-    return (torch.randn(shape, generator=g) * std).clamp_(-2 * std, 2 * std)
 
 
 class SegLinearHeads(nn.Module):
@@ -39,7 +36,7 @@ class SegLinearHeads(nn.Module):
     def __init__(self, heads: int, dim: int, classes: int, generator: torch.Generator) -> None:
         super().__init__()
         self.heads = heads
-        self.weight = nn.Parameter(_trunc_normal((heads, dim, classes), 0.02, generator))
+        self.weight = nn.Parameter(trunc_normal((heads, dim, classes), 0.02, generator))
         self.bias = nn.Parameter(torch.zeros(heads, classes))
 
     def forward(self, patch: torch.Tensor) -> torch.Tensor:
@@ -70,7 +67,7 @@ class SegBlockHeads(nn.Module):
         self.heads, self.num_heads, self.prefix = heads, num_heads, prefix
 
         def w(*shape: int) -> nn.Parameter:
-            return nn.Parameter(_trunc_normal((H, *shape), 0.02, generator))
+            return nn.Parameter(trunc_normal((H, *shape), 0.02, generator))
 
         def const(value: float, *shape: int) -> nn.Parameter:
             return nn.Parameter(torch.full((H, *shape), value))

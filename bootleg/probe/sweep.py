@@ -43,6 +43,14 @@ class BatchedAdamW:
         self.v = [torch.zeros_like(p) for _, p in self.params]
         self.t = 0
 
+    def state_dict(self) -> dict[str, object]:
+        return {"t": self.t, "m": [m.clone() for m in self.m], "v": [v.clone() for v in self.v]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.t = int(state["t"])  # type: ignore[call-overload]
+        for dst, src in zip(self.m + self.v, list(state["m"]) + list(state["v"]), strict=True):  # type: ignore[call-overload]
+            dst.copy_(src)
+
     @torch.no_grad()
     def step(self, lr_scale: float) -> None:
         """One update with learning rates ``lrs * lr_scale``; clears the gradients."""
