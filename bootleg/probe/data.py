@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from bootleg.data import IMAGENET_MEAN, IMAGENET_STD, load_imagefolder, load_images
+from bootleg.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Items
+from bootleg.data import open_split as open_data_split
 from bootleg.errors import BootlegError
 from bootleg.io import mix_seed
 
@@ -52,22 +53,42 @@ class SubsetSplit(Dataset):
         return self.base[self.indices[i]]
 
 
+class ItemsSplit(Dataset):
+    """Items ``(PIL image, label)`` of a streamed split (an ImageFolder or shards): bytes are read
+    and decoded one image at a time, nothing is held in memory."""
+
+    def __init__(self, items: Items) -> None:
+        self.items, self.classes = items, list(items.classes)
+        self.targets = [int(items.label(i)) for i in range(len(items))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        import io
+
+        from PIL import Image
+
+        try:
+            img = Image.open(io.BytesIO(self.items.read(i))).convert("RGB")
+        except Exception as e:
+            raise BootlegError(f"{self.items.name(i)}: unreadable image ({type(e).__name__})") from None
+        return img, self.targets[i]
+
+
 def open_split(name: str, split: str, root: str | None = None, limit: int | None = None) -> Any:
     """A split as a map-style dataset of ``(image, label)`` with ``classes`` and ``targets``.
 
-    ``imagefolder`` streams ``root/split`` from disk; ``limit`` keeps a fixed (seed 0) random
-    subset in source order. Other names load through :func:`bootleg.data.load_images`.
+    Datasets that fit in memory come as uint8 tensors; a large ImageFolder and shards stream
+    (:class:`ItemsSplit`), as :func:`bootleg.data.open_split` decides. ``limit`` keeps a fixed
+    subset (the data sources' rule).
     """
-    if name != "imagefolder":
-        s = load_images(name, split, root=root, limit=limit)
+    if name in ("imagefolder", "shards") and not root:
+        raise BootlegError(f"probe.root: required for data={name} (a folder with train/ and test/, or shards)")
+    s = open_data_split(name, split, root, False, limit)
+    if isinstance(s, ImageSet):
         return MemorySplit(s.images, s.labels, s.classes)
-    if not root:
-        raise BootlegError("probe.root: required for data=imagefolder (a folder with train/ and test/)")
-    ds = load_imagefolder(root, split)
-    if limit is not None and limit < len(ds):
-        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-        return SubsetSplit(ds, keep.tolist())
-    return ds
+    return ItemsSplit(s)
 
 
 def labels_of(ds: Any) -> torch.Tensor:
