@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bootleg.errors import BootlegError
 from flows import report
-from flows.pipeline import run_cli
+from flows.cli import run_cli
+from flows.provenance import dataset_fingerprint
 
 
 def prepare(params: str, out: str | Path, overrides: Sequence[str] = ()) -> dict:
@@ -31,7 +32,7 @@ def prepare(params: str, out: str | Path, overrides: Sequence[str] = ()) -> dict
     from PIL import Image
 
     from bootleg.config import load_config
-    from bootleg.data import dataset_fingerprint, load_images
+    from bootleg.data import load_images
 
     cfg = load_config(params, list(overrides))
     d = cfg.data
@@ -72,14 +73,12 @@ def write_report(run: str | Path, probe: str | Path | None, out: str | Path) -> 
     if not rows:
         raise BootlegError(f"{run}/metrics.jsonl: no metrics; expected a finished pretraining run")
     metrics: dict = {"pretrain": {"final_loss": rows[-1]["loss"], "steps": rows[-1]["step"]}}
-    probe_doc = {}
-    if probe and Path(probe).is_file():
-        probe_doc = json.loads(Path(probe).read_text())
-        scores = {p: report.probe_score(probe_doc, p) for p in report.PROBE_COLUMNS if p in probe_doc}
-        metrics["probe"] = {k: v for k, v in scores.items() if v is not None}
+    rep = report.as_report(probe) if probe and Path(probe).is_file() else None
+    if rep is not None:
+        metrics["probe"] = {r.probe: r.score for r in rep.results}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report.loss_csv(run / "metrics.jsonl", out / "loss.csv")
-    summary = {"run_dir": str(run), "final_loss": rows[-1]["loss"], "probe": probe_doc}
+    summary = {"run_dir": str(run), "final_loss": rows[-1]["loss"], "probe": rep}
     (out / "report.md").write_text(report.run_report(summary))
     return metrics
 

@@ -14,7 +14,7 @@ import yaml
 
 from bootleg.data import load_images
 from bootleg.errors import BootlegError
-from bootleg.export import atomic_write_bytes, load_encoder, resolve_encoder_path
+from bootleg.export import atomic_write_bytes, download_model, load_encoder, resolve_encoder_path
 from bootleg.models import ViTEncoder
 from bootleg.probe.classify import PROBE_FEATURE, run_trained_probe
 from bootleg.probe.config import (
@@ -44,11 +44,7 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     """A run folder, an ``encoder.safetensors`` or an MLflow model URI -> the weights file."""
     s = str(checkpoint)
     if s.startswith(("models:/", "runs:/")):
-        try:
-            from bootleg.tracking import download_encoder
-        except ImportError:
-            raise BootlegError(f"{s}: MLflow URIs need bootleg.tracking, which is not available") from None
-        return resolve_encoder_path(download_encoder(s))
+        return resolve_encoder_path(download_model(s))
     return resolve_encoder_path(s)
 
 
