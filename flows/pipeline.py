@@ -466,6 +466,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  run folder:          {summary.get('run_dir')}  (config.yaml, metrics.jsonl, checkpoint.pt, encoder.safetensors)"
     )
     print(f"  MLflow run:          {summary.get('run_id')}  in {summary.get('tracking_uri')}")
+    if summary.get("run_id"):
+        exp = tracking.client(summary["tracking_uri"]).get_run(summary["run_id"]).info.experiment_id
+        ui = summary["tracking_uri"] if tracking.is_http(summary["tracking_uri"]) else "http://127.0.0.1:5000"
+        print(f"  MLflow experiment:   {tracking.experiment_url(ui, exp)}  (with the UI below)")
     if summary.get("model_uri"):
         print(f"  registered encoder:  {summary['model_uri']}")
     promo = summary.get("promotion")

@@ -5,6 +5,7 @@ laid out like the paper's Tables 2-5)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,8 +64,10 @@ def headline_metric(probe: ProbeReport, wanted: str = "auto") -> str | None:
 
 
 def probe_suite(probe: ProbeReport) -> str:
-    """``name,name,...@protocol``: which probes were run, how (part of the promotion key)."""
-    return ",".join(sorted(r.probe for r in probe.results)) + f"@{probe.protocol}"
+    """``name,name,...@protocol#hash``: which probes ran, under which protocol and probe
+    config (sha256 prefix of ``probe.config``); part of the promotion key."""
+    digest = hashlib.sha256(json.dumps(probe.config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return ",".join(sorted(r.probe for r in probe.results)) + f"@{probe.protocol}#{digest}"
 
 
 # ------------------------------------------------------------------ curves
