@@ -270,7 +270,7 @@ def pretrain_step(
 def register_step(run_id: str, run_dir: str, model_name: str, tracking_uri: str | None = None) -> str:
     """Register ``run_dir/encoder.safetensors`` as a new version of ``model_name``; returns
     its ``models:/NAME/VERSION`` URI."""
-    version = tracking.register_encoder(run_id, run_dir, model_name, uri=tracking_uri)
+    version = registry.register_encoder(run_id, run_dir, model_name, uri=tracking_uri)
     get_run_logger().info("registered %s version %s", model_name, version)
     return f"models:/{model_name}/{version}"
 
