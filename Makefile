@@ -29,6 +29,7 @@ DEMO_PROBES := --set probe.linear.lrs=[0.1,1.0] --set probe.linear.wds=[0.0,0.1]
 DEMO_STEPS  := $(if $(LONG),2000,60)
 demo: $(STAMP)
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} MLFLOW_DISABLE_TELEMETRY=true \
+	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 	  $(PY) -m flows.pipeline --params params.yaml --set run.steps=$(DEMO_STEPS) $(DEMO_PROBES) \
 	  --kind train --baseline --run-name demo-$(DEMO_STEPS)-$$(date +%Y%m%d-%H%M%S)
 
