@@ -190,8 +190,8 @@ def probe_step(
     from bootleg.probe import run_probes
 
     cfg = _cfg(params, overrides)
-    if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    if checkpoint.startswith(("models:/", "runs:/")):  # from this flow's store, whatever the environment says
+        checkpoint = str(registry.download_encoder(checkpoint, tracking_uri))
     run_probes(checkpoint, out, cfg=getattr(cfg, "probe", None), probes=probes, seed=cfg.run.seed)
     rep = report.as_report(Path(out) / "probe.json")
     assert rep is not None
@@ -373,9 +373,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     promo = summary.get("promotion")
     if promo:
         where = f"version {promo['champion']}" if promo["champion"] else "no version"
-        print(
-            f"  @{promo['alias']}:{' ' * max(1, 18 - len(promo['alias']))}{where} ({'moved' if promo['moved'] else 'kept'}: {promo['reason']})"
-        )
+        label = f"@{promo['alias']}:"
+        print(f"  {label:<20} {where} ({'moved' if promo['moved'] else 'kept'}: {promo['reason']})")
     rep = report.as_report(summary.get("probe"))
     base = report.as_report(summary.get("baseline_probe"))
     if rep and rep.results:

@@ -203,7 +203,8 @@ def plot_scores(
 def to_markdown(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], title: str = "", note: str = "") -> str:
     lines = [f"### {title}", ""] if title else []
     lines.append("| " + " | ".join(columns) + " |")
-    lines.append("| " + " | ".join("---" if c in ("Variant", "MLflow run") else "---:" for c in columns) + " |")
+    left = ("Variant", "MLflow run", "Probe", "Metric", "Trial", "State")
+    lines.append("| " + " | ".join("---" if c in left else "---:" for c in columns) + " |")
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c), c) for c in columns) + " |")
     if note:
