@@ -214,6 +214,10 @@ def test_study_flow_real_trials(tmp_path: Path, prefect_api: str) -> None:
     kids = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(kids) == len(st.trials)
     assert any("loss" in r.data.metrics for r in kids)
+    # the study's comparison as MLflow shows it: a table and a chart on the parent run
+    assert {"trials.md", "trials.csv", "comparison.json", "comparison.png"} <= {
+        a.path for a in c.list_artifacts(parent.info.run_id)
+    }
 
 
 def test_optuna_dashboard_serves_the_storage(tmp_path: Path) -> None:
