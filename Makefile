@@ -20,10 +20,18 @@ $(STAMP): pyproject.toml
 
 # The pipeline flow (prepare -> pretrain -> register -> probes -> report) on the embedded
 # defaults: MLflow in ./mlflow.db + ./mlartifacts, Prefect's temporary server on the database
-# in ./.prefect (the flow run record stays there), no server to start by hand.
+# in ./.prefect (the flow run record stays there), no server to start by hand. The report puts
+# a randomly initialised encoder's probe scores beside the pretrained one's (--baseline).
+#   make demo          quick: 60 steps and a small probe grid (README: Demo, for times and gains)
+#   make demo LONG=1   the longer setting: 2000 steps, same probes
+DEMO_PROBES := --set probe.linear.lrs=[0.1,1.0] --set probe.linear.wds=[0.0,0.1] \
+  --set probe.linear.epochs=10 --set probe.knn.ks=[10,20]
+DEMO_STEPS  := $(if $(LONG),2000,60)
 demo: $(STAMP)
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} MLFLOW_DISABLE_TELEMETRY=true \
-	  $(PY) -m flows.pipeline --params params.yaml --run-name demo-$$(date +%Y%m%d-%H%M%S)
+	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
+	  $(PY) -m flows.pipeline --params params.yaml --set run.steps=$(DEMO_STEPS) $(DEMO_PROBES) \
+	  --kind train --baseline --run-name demo-$(DEMO_STEPS)-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

@@ -83,6 +83,29 @@ def resolve_encoder_path(path: str | Path) -> Path:
     return p
 
 
+def download_model(uri: str) -> Path:
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/ID/encoder`` -> a local folder
+    holding ``encoder.safetensors``, from the store ``MLFLOW_TRACKING_URI`` names (MLflow's default
+    otherwise). The library's one import of MLflow, made only here and only when asked."""
+    try:
+        import mlflow
+    except ImportError:
+        raise BootlegError(f"{uri}: MLflow URIs need the mlflow package (pip install mlflow)") from None
+    dst = tempfile.mkdtemp(prefix="bootleg-encoder-")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        raise BootlegError(
+            f"{uri}: cannot download the encoder ({type(e).__name__}: {lines[0] if lines else ''})"
+        ) from None
+    local = local.parent if local.is_file() else local
+    found = [local] if (local / ENCODER_FILE).is_file() else sorted(p.parent for p in local.rglob(ENCODER_FILE))
+    if not found:
+        raise BootlegError(f"{uri}: no {ENCODER_FILE} in the downloaded artifacts")
+    return found[0]
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     p = resolve_encoder_path(path)
     try:

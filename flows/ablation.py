@@ -3,7 +3,10 @@ through the ``pipeline`` flow, then one comparison table like the paper's Tables
 
 The table (markdown and CSV) is written to ``<out>/ablation.md`` and ``ablation.csv``,
 published as a Prefect table artifact and logged to a parent MLflow run under which every
-variant's run is nested.
+variant's run is nested: as files, as an MLflow table (``comparison.json``, shown in MLflow's
+artifact view) and as a bar chart of the probe scores per variant (``comparison.png``).
+Variants are ``kind=ablation`` runs: they register versions but never take ``@champion``
+unless the base sets ``promote``.
 
     python -m flows.ablation --variants variants.yaml [--set run.steps=100]
 
@@ -36,11 +39,11 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from bootleg import tracking
 from bootleg.errors import BootlegError
-from flows import report
+from flows import report, tracking
+from flows.cli import add_common_args, run_cli
 from flows.params import AblationParams, validate
-from flows.pipeline import add_common_args, pipeline, run_cli
+from flows.pipeline import pipeline
 
 #: a small default: Table 2's question on the micro ViT (used by the deployment form)
 EXAMPLE_VARIANTS = [
@@ -84,6 +87,7 @@ def ablation(spec: AblationParams) -> dict[str, Any]:
                     "out": str(out / f"{i:02d}-{slug(v.name)}"),
                     "run_name": f"{slug(v.name)}-{stamp}",
                     "parent_run_id": parent,
+                    "kind": "ablation",
                 }
             )
             summary = pipeline(vspec)
@@ -109,9 +113,11 @@ def ablation(spec: AblationParams) -> dict[str, Any]:
             create_markdown_artifact(md, key="ablation-report", description=spec.title)
         except Exception as e:
             logger.warning("no Prefect artifact: %s", e)
+        chart = report.plot_scores(columns, rows, out / "comparison.png", spec.title)
         tracking.log_artifacts(
-            parent, [out / "ablation.md", out / "ablation.csv", out / "ablation.json"], uri=base.tracking_uri
+            parent, [out / "ablation.md", out / "ablation.csv", out / "ablation.json", chart], uri=base.tracking_uri
         )
+        tracking.log_table(parent, report.table_records(columns, rows), "comparison.json", uri=base.tracking_uri)
     except BaseException:
         tracking.end_run(parent, "FAILED", uri=base.tracking_uri)
         raise

@@ -44,14 +44,19 @@ class PipelineParams(FlowParams):
     overrides: list[str] = Field(
         default_factory=list, description="config overrides key.sub=value, e.g. run.steps=50 or targets.blocks=[1,4]"
     )
-    out: str | None = Field(None, description="run folder (default runs/<experiment>/<run name>)")
+    out: str | None = Field(None, description="run folder (default: runs/EXPERIMENT/RUN_NAME)")
     run_name: str | None = Field(None, description="MLflow run name (default: a timestamp)")
     experiment: str = Field("bootleg", description="MLflow experiment")
     model_name: str = Field("bootleg-encoder", description="MLflow registered model for the encoder")
-    alias: str = Field("champion", description="alias moved to the best version by alias_metric")
+    alias: str = Field("champion", description="alias the promotion rule moves (see docs/workflow.md)")
     alias_metric: str = Field(
-        "auto", description="probe metric that ranks versions, e.g. probe.knn.cls.top1 ('auto': the first probe's)"
+        "auto", description="probe metric that ranks versions, e.g. probe.knn.top1 ('auto': the report's headline)"
     )
+    kind: Literal["auto", "train", "smoke", "ablation"] = Field(
+        "auto", description="run kind for the alias rule ('auto': smoke when steps or probes are cut down)"
+    )
+    promote: bool = Field(False, description="let a smoke run or ablation variant take the alias")
+    baseline: bool = Field(False, description="also probe a randomly initialised encoder (shown beside)")
     probes: list[str] | None = Field(None, description="probes to run (default: the library's; [] = none)")
     nproc: int = Field(1, ge=1, le=64, description="processes (GPUs); more than 1 launches torchrun")
     launcher: Literal["auto", "inprocess", "torchrun"] = Field(
@@ -123,7 +128,7 @@ class AblationParams(FlowParams):
     base: PipelineParams = Field(default_factory=PipelineParams, description="what every variant shares")
     variants: list[Variant] = Field(..., min_length=1)
     title: str = Field("Ablation", description="table caption")
-    out: str | None = Field(None, description="folder for the runs and the table (default runs/ablation/<time>)")
+    out: str | None = Field(None, description="folder for the runs and the table (default: runs/ablation/TIME)")
 
     @model_validator(mode="after")
     def _unique(self) -> AblationParams:
@@ -155,7 +160,9 @@ class StudyParams(FlowParams):
     params: str = Field("params.yaml", description="base YAML config")
     overrides: list[str] = Field(default_factory=list, description="overrides for every trial")
     study_name: str = Field("bootleg-targets", description="Optuna study name")
-    storage: str | None = Field(None, description="sqlite:///... or postgresql://... (default: <project>/optuna.db)")
+    storage: str | None = Field(
+        None, description="sqlite:///... or postgresql+psycopg2://... (default: BOOTLEG_OPTUNA_STORAGE, else optuna.db)"
+    )
     resume: bool = Field(False, description="add trials to an existing study of this name")
     n_trials: int = Field(8, ge=1, description="trials to finish (complete or pruned), across all workers")
     workers: int = Field(1, ge=1, le=64, description="worker processes started by this flow")
@@ -168,7 +175,7 @@ class StudyParams(FlowParams):
     )
     choice_params: dict[str, list[Any]] = Field(default_factory=dict, description="config key -> choices")
     probe: str = Field("knn", description="probe used for the objective")
-    metric: str = Field("auto", description="flattened probe metric maximised, e.g. knn.cls.top1 ('auto': the first)")
+    metric: str = Field("auto", description="probe metric maximised, e.g. knn.top1 ('auto': the report's headline)")
     pruner: Literal["median", "none"] = "median"
     seed: int = 0
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
@@ -176,7 +183,7 @@ class StudyParams(FlowParams):
     max_retry: int = Field(2, ge=0, description="retries of a failed or killed trial")
     experiment: str = Field("bootleg-study", description="MLflow experiment (one parent run, nested trials)")
     tracking_uri: str | None = None
-    out: str | None = Field(None, description="folder for trial runs (default runs/study/<study_name>)")
+    out: str | None = Field(None, description="folder for trial runs (default: runs/study/STUDY_NAME)")
     objective: str | None = Field(None, description="module:function replacing the trial objective (tests)")
 
     @field_validator("overrides")

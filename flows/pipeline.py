@@ -3,7 +3,7 @@
 Thin over the library: every task calls one public function and hands the next task only
 small values (config path and overrides, folders, run ids, model URIs). The MLflow run
 carries the flattened config, the git commit and the data hash; metrics stream in during
-training through :class:`bootleg.tracking.MLflowCallback` (buffered, never blocking).
+training through :class:`flows.tracking.MLflowCallback` (asynchronous, never blocking).
 With ``nproc > 1`` pretraining runs under ``torchrun`` in a subprocess and its
 ``metrics.jsonl`` is followed to feed the same tracking.
 
@@ -16,26 +16,25 @@ Without ``PREFECT_API_URL`` Prefect starts a temporary local server on the datab
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from bootleg import tracking
 from bootleg.errors import BootlegError
-from flows import report
+from bootleg.probe.results import ProbeReport
+from flows import registry, report, tracking
+from flows.cli import add_common_args, bindir, run_cli, ui_commands
+from flows.launch import PrefectProgress, torchrun_pretrain
 from flows.params import PipelineParams, validate
+from flows.provenance import dataset_fingerprint
 
 Record = dict[str, Any]
 
@@ -50,58 +49,21 @@ def default_out(experiment: str, run_name: str) -> str:
     return str(Path("runs") / experiment / run_name)
 
 
-# ------------------------------------------------------------------ progress in the Prefect UI
-
-
-class PrefectProgress:
-    """A Prefect progress artifact updated from metrics records (at most every ``every`` s)."""
-
-    def __init__(self, total_steps: int | None, epochs: int, description: str, every: float = 3.0) -> None:
-        self.total, self.epochs, self.every = total_steps, max(1, epochs), every
-        self.last = 0.0
-        try:
-            self.id = create_progress_artifact(progress=0.0, description=description)
-        except Exception:  # no Prefect context (plain call): no artifact
-            self.id = None
-
-    def set(self, pct: float, force: bool = False) -> None:
-        if self.id is None:
-            return
-        now = time.monotonic()
-        if force or now - self.last >= self.every:
-            self.last = now
-            try:
-                update_progress_artifact(self.id, min(100.0, max(0.0, pct)))
-            except Exception:
-                pass
-
-    def __call__(self, rec: Record) -> None:
-        if self.total:
-            pct = 100.0 * rec.get("step", 0) / self.total
-        else:
-            pct = 100.0 * rec.get("epoch", 0.0) / self.epochs
-        self.set(pct, force=pct >= 100.0)
-
-
 # ------------------------------------------------------------------ tasks
 
 
 @task(name="prepare-data", cache_policy=NONE)
 def prepare_data(params: str, overrides: list[str]) -> dict[str, Any]:
     """Make sure the dataset is on disk (downloading only if ``data.download``), warm the
-    decode cache and fingerprint it (the DVC data hash)."""
-    from bootleg.data import dataset_fingerprint, load_images
+    decode cache of small datasets, count the images and fingerprint it (the DVC data hash).
+    A large ImageFolder and shards are opened for random access only, never decoded here."""
+    from bootleg.data import open_split
 
     cfg = _cfg(params, overrides)
     d = cfg.data
     counts: dict[str, int | None] = {}
     for split in ("train", "test"):
-        try:
-            counts[split] = len(load_images(d.name, split, d.root, d.download, d.limit if split == "train" else None))
-        except BootlegError as e:
-            if "too large" not in str(e):  # big image folders are streamed, not decoded here
-                raise
-            counts[split] = None
+        counts[split] = len(open_split(d.name, split, d.root, d.download, d.limit if split == "train" else None))
     info = {"name": d.name, "root": d.root, "sha256": dataset_fingerprint(d.name, d.root), **counts}
     get_run_logger().info(
         "data %s: %s train / %s test images, sha256 %s", d.name, counts["train"], counts["test"], info["sha256"][:12]
@@ -142,72 +104,6 @@ def start_tracking(
         get_run_logger().warning("no mask figure: %s", e)
     tracking.log_artifacts(run_id, paths, uri=tracking_uri)
     return run_id
-
-
-def follow_jsonl(
-    path: Path, proc: subprocess.Popen, callbacks: Sequence[Callable[[Record], None]], poll: float = 1.0
-) -> None:
-    """Feed each new line of ``path`` to ``callbacks`` until ``proc`` ends."""
-    offset, last_step = 0, -1
-    while True:
-        done = proc.poll() is not None
-        if path.is_file():
-            size = path.stat().st_size
-            if size < offset:  # rewritten (resume trims it)
-                offset = 0
-            with open(path) as f:
-                f.seek(offset)
-                chunk = f.read()
-            complete = chunk[: chunk.rfind("\n") + 1]
-            offset += len(complete.encode())
-            for line in complete.splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get("step", 0) <= last_step:
-                    continue
-                last_step = rec.get("step", last_step)
-                for cb in callbacks:
-                    cb(rec)
-        if done:
-            return
-        time.sleep(poll)
-
-
-def torchrun_pretrain(
-    params: str, overrides: list[str], out: str, nproc: int, resume: bool, callbacks: Sequence[Callable[[Record], None]]
-) -> None:
-    """``torchrun --standalone --nproc-per-node N -m bootleg.cli pretrain ...`` in a subprocess;
-    its ``metrics.jsonl`` is followed to feed ``callbacks``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    cmd += ["-m", "bootleg.cli", "pretrain", "--params", params, "--out", out]
-    for o in overrides:
-        cmd += ["--set", o]
-    if resume:
-        cmd.append("--resume")
-    tail: collections.deque[str] = collections.deque(maxlen=30)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            tail.append(line.rstrip())
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        follow_jsonl(Path(out) / "metrics.jsonl", proc, callbacks)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait()
-        reader.join(timeout=5)
-    if proc.returncode != 0:
-        errors = [t for t in tail if t.startswith("error:")]
-        why = errors[-1][len("error:") :].strip() if errors else (tail[-1] if tail else "no output")
-        raise BootlegError(f"torchrun pretraining failed (exit {proc.returncode}): {why}")
 
 
 @task(name="pretrain", cache_policy=NONE)
@@ -256,7 +152,7 @@ def pretrain_step(
             run_id, {"train_time_s": time.time() - t0}, step=rows[-1]["step"] if rows else 0, uri=tracking_uri
         )
     except Exception as e:
-        logger.warning("tracking: artifacts not uploaded (%s); they are in %s", tracking._first_line(e), out)
+        logger.warning("tracking: artifacts not uploaded (%s); they are in %s", tracking.first_line(e), out)
     return {
         "run_dir": str(run),
         "final_loss": rows[-1]["loss"] if rows else None,
@@ -268,7 +164,7 @@ def pretrain_step(
 def register_step(run_id: str, run_dir: str, model_name: str, tracking_uri: str | None = None) -> str:
     """Register ``run_dir/encoder.safetensors`` as a new version of ``model_name``; returns
     its ``models:/NAME/VERSION`` URI."""
-    version = tracking.register_encoder(run_id, run_dir, model_name, uri=tracking_uri)
+    version = registry.register_encoder(run_id, run_dir, model_name, uri=tracking_uri)
     get_run_logger().info("registered %s version %s", model_name, version)
     return f"models:/{model_name}/{version}"
 
@@ -282,30 +178,63 @@ def probe_step(
     probes: list[str] | None,
     run_id: str,
     tracking_uri: str | None = None,
+    prefix: str = "probe.",
 ) -> dict[str, Any]:
-    """Frozen-encoder probes on ``checkpoint`` (a run folder or ``models:/`` URI); metrics and
-    plots go to the MLflow run. Returns ``probe.json``'s content."""
-    from bootleg.probe import run_probes
+    """Frozen-encoder probes on ``checkpoint`` (a run folder or ``models:/`` URI); each probe's
+    score goes to the MLflow run as ``<prefix><probe>.<metric>``, ``probe.json`` and plots as
+    artifacts. Returns the :class:`ProbeReport` as a dict."""
+    from bootleg.probe.runner import run_probes
 
     cfg = _cfg(params, overrides)
-    if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    result = run_probes(checkpoint, out, cfg=getattr(cfg, "probe", None), probes=probes, seed=cfg.run.seed)
-    metrics = report.probe_metrics(result)
+    if checkpoint.startswith(("models:/", "runs:/")):  # from this flow's store, whatever the environment says
+        checkpoint = str(registry.download_encoder(checkpoint, tracking_uri))
+    run_probes(checkpoint, out, cfg=getattr(cfg, "probe", None), probes=probes, seed=cfg.run.seed)
+    rep = report.as_report(Path(out) / "probe.json")
+    assert rep is not None
+    metrics = rep.metrics(prefix)
     tracking.log_metrics(run_id, metrics, uri=tracking_uri)
-    tracking.log_artifacts(run_id, [out], "probe", uri=tracking_uri)
-    get_run_logger().info("probe metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
-    return result
+    tracking.log_artifacts(run_id, [out], prefix.strip("."), uri=tracking_uri)
+    get_run_logger().info("%s metrics: %s", prefix.strip("."), {k: round(v, 2) for k, v in metrics.items()})
+    return rep.model_dump(mode="json")
 
 
-@task(name="set-alias", cache_policy=NONE)
-def alias_step(model_name: str, alias: str, metric: str, tracking_uri: str | None = None) -> str | None:
-    best = tracking.set_alias_by_metric(model_name, alias, metric, uri=tracking_uri)
-    if best is None:
-        get_run_logger().warning("no version of %s has metric %s; alias %s not set", model_name, metric, alias)
-        return None
-    get_run_logger().info("%s@%s -> version %s (%s = %.4f)", model_name, alias, best[0], metric, best[1])
-    return f"models:/{model_name}@{alias}"
+@task(name="random-init-encoder", cache_policy=NONE)
+def random_init_step(params: str, overrides: list[str], out: str) -> str:
+    """The same architecture, randomly initialised with the run's seed (the baseline that
+    shows what pretraining bought); written like a finished run folder."""
+    import torch
+
+    from bootleg.config import dump_config
+    from bootleg.engine import Engine
+    from bootleg.export import save_encoder
+
+    cfg = _cfg(params, overrides)
+    torch.manual_seed(cfg.run.seed)
+    dst = Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_encoder(Engine(cfg).export_encoder(), dst / "encoder.safetensors", {"method": "random-init", "step": "0"})
+    (dst / "config.yaml").write_text(dump_config(cfg))
+    return str(dst)
+
+
+@task(name="promote", cache_policy=NONE)
+def promote_step(
+    model_name: str,
+    alias: str,
+    version: str,
+    key: dict[str, str],
+    score: float,
+    kind: str,
+    force: bool,
+    run_id: str,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Tag the run with its comparison key and kind, then apply the ``@champion`` rule."""
+    ck = registry.CompareKey(**key)
+    tracking.set_tags(run_id, {**ck.tags(), registry.TAG_KIND: kind}, uri=tracking_uri)
+    decision = registry.promote(model_name, alias, version, ck, score, kind, force, uri=tracking_uri)
+    get_run_logger().info("@%s: %s (%s)", alias, "moved" if decision.moved else "kept", decision.reason)
+    return decision.model_dump()
 
 
 @task(name="report", cache_policy=NONE)
@@ -320,6 +249,29 @@ def report_step(summary: dict[str, Any], run_id: str, tracking_uri: str | None =
         pass
     tracking.log_artifacts(run_id, [path, path.parent / "summary.json"], uri=tracking_uri)
     return str(path)
+
+
+def run_kind(spec: PipelineParams) -> str:
+    """``spec.kind``, or for ``auto``: ``smoke`` when the overrides or ``probes`` cut the run
+    down from its params file (fewer steps or epochs, fewer probes), else ``train``."""
+    if spec.kind != "auto":
+        return spec.kind
+    base, eff = _cfg(spec.params, []), _cfg(spec.params, spec.overrides)
+    inf = float("inf")
+    shorter = (eff.run.steps or inf) < (base.run.steps or inf) or eff.optim.epochs < base.optim.epochs
+    fewer = spec.probes is not None and set(spec.probes) < set(base.probe.probes)
+    return "smoke" if shorter or fewer else "train"
+
+
+def compare_key(spec: PipelineParams, data_hash: str, probe: ProbeReport, metric: str) -> dict[str, str]:
+    cfg = _cfg(spec.params, spec.overrides)
+    m = cfg.model
+    return {
+        "dataset": f"{cfg.data.name}@{data_hash[:16]}" + (f"/limit{cfg.data.limit}" if cfg.data.limit else ""),
+        "model": f"{m.size}/{m.img_size}px/p{m.patch_size}",
+        "probes": report.probe_suite(probe),
+        "metric": metric,
+    }
 
 
 # ------------------------------------------------------------------ the flow
@@ -346,7 +298,14 @@ def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa
     run_id = start_tracking(
         spec.params, overrides, out, spec.experiment, run_name, spec.parent_run_id, spec.tracking_uri, tags
     )
-    summary: dict[str, Any] = {"run_name": run_name, "run_id": run_id, "tracking_uri": uri, "data_hash": data["sha256"]}
+    kind = run_kind(spec)
+    summary: dict[str, Any] = {
+        "run_name": run_name,
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "data_hash": data["sha256"],
+        "kind": kind,
+    }
     try:
         trained = pretrain_step(
             spec.params, overrides, out, run_id, spec.nproc, spec.launcher, spec.resume, spec.tracking_uri
@@ -356,16 +315,33 @@ def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa
         if spec.register_model:
             summary["model_uri"] = checkpoint = register_step(run_id, out, spec.model_name, spec.tracking_uri)
         if spec.probes is None or spec.probes:
-            probe = probe_step(
-                checkpoint, str(Path(out) / "probe"), spec.params, overrides, spec.probes, run_id, spec.tracking_uri
+            probe_dir = str(Path(out) / "probe")
+            summary["probe"] = probe = probe_step(
+                checkpoint, probe_dir, spec.params, overrides, spec.probes, run_id, spec.tracking_uri
             )
-            summary["probe"] = probe
-            metrics = report.probe_metrics(probe)
-            summary["probe_metrics"] = metrics
-            metric = report.pick_metric(metrics, spec.alias_metric)
-            if spec.register_model and metric:
-                summary["alias_uri"] = alias_step(spec.model_name, spec.alias, metric, spec.tracking_uri)
-                summary["alias_metric"] = metric
+            rep = ProbeReport.model_validate(probe)
+            summary["probe_metrics"] = rep.metrics()
+            if spec.baseline:
+                rand = random_init_step(spec.params, overrides, str(Path(out) / "random-init"))
+                summary["baseline_probe"] = probe_step(
+                    rand, str(Path(out) / "probe-random-init"), spec.params, overrides, spec.probes, run_id,
+                    spec.tracking_uri, prefix="random_init.",
+                )  # fmt: skip
+            metric = report.headline_metric(rep, spec.alias_metric)
+            if metric is None:
+                raise BootlegError(f"alias_metric: {spec.alias_metric!r} is not one of {', '.join(rep.metrics())}")
+            summary["alias_metric"] = metric
+            if spec.register_model:
+                version = summary["model_uri"].rsplit("/", 1)[-1]
+                key = compare_key(spec, data["sha256"], rep, metric)
+                promo = promote_step(
+                    spec.model_name, spec.alias, version, key, rep.metrics()[metric], kind, spec.promote, run_id,
+                    spec.tracking_uri,
+                )  # fmt: skip
+                summary["promotion"] = promo
+                summary["rule"] = registry.RULE.format(alias=spec.alias)
+                if promo["champion"]:
+                    summary["alias_uri"] = f"models:/{spec.model_name}@{spec.alias}"
         summary["report"] = report_step(summary, run_id, spec.tracking_uri)
     except BaseException:
         tracking.end_run(run_id, "FAILED", uri=spec.tracking_uri)
@@ -377,55 +353,6 @@ def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa
 # ------------------------------------------------------------------ command line
 
 
-def ui_commands(optuna_storage: str | None = None) -> list[str]:
-    """Commands that open the MLflow UI, the Prefect UI and the Optuna dashboard on the
-    stores this project uses by default (or those set in the environment)."""
-    bindir = Path(sys.executable).parent
-    try:
-        bindir = bindir.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    uri = tracking.tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        mlflow_cmd = f"open {uri}  (MLFLOW_TRACKING_URI)"
-    else:
-        mlflow_cmd = (
-            f"{bindir}/mlflow ui --backend-store-uri {uri} --default-artifact-root {tracking.default_artifact_root()} "
-            "--host 127.0.0.1 --port 5000   # then http://127.0.0.1:5000"
-        )
-    api = os.environ.get("PREFECT_API_URL")
-    if api:
-        prefect_cmd = f"open {api.removesuffix('/api')}  (PREFECT_API_URL)"
-    else:
-        home = os.environ.get("PREFECT_HOME", "~/.prefect")
-        prefect_cmd = f"PREFECT_HOME={home} {bindir}/prefect server start --host 127.0.0.1 --port 4200   # then http://127.0.0.1:4200"
-    storage = optuna_storage or f"sqlite:///{tracking.project_dir() / 'optuna.db'}"
-    optuna_cmd = f"{bindir}/optuna-dashboard {storage} --host 127.0.0.1 --port 8080   # then http://127.0.0.1:8080"
-    return [f"MLflow UI:        {mlflow_cmd}", f"Prefect UI:       {prefect_cmd}", f"Optuna dashboard: {optuna_cmd}"]
-
-
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="YAML config (default: params.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    p.add_argument(
-        "--tracking-uri", help="MLflow server (default: MLFLOW_TRACKING_URI, else the embedded sqlite store)"
-    )
-    p.add_argument("--experiment", help="MLflow experiment")
-
-
-def run_cli(main: Callable[[], int]) -> None:
-    """Run ``main`` printing :class:`BootlegError` as one ``error:`` line (exit 2)."""
-    try:
-        code = main()
-    except BootlegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
-
-
 def _print_summary(summary: dict[str, Any]) -> None:
     print()
     print("Produced:")
@@ -433,24 +360,41 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  run folder:          {summary.get('run_dir')}  (config.yaml, metrics.jsonl, checkpoint.pt, encoder.safetensors)"
     )
     print(f"  MLflow run:          {summary.get('run_id')}  in {summary.get('tracking_uri')}")
+    if summary.get("run_id"):
+        exp = tracking.client(summary["tracking_uri"]).get_run(summary["run_id"]).info.experiment_id
+        ui = summary["tracking_uri"] if tracking.is_http(summary["tracking_uri"]) else "http://127.0.0.1:5000"
+        print(f"  MLflow experiment:   {tracking.experiment_url(ui, exp)}  (with the UI below)")
     if summary.get("model_uri"):
-        print(
-            f"  registered encoder:  {summary['model_uri']}"
-            + (f"  (alias {summary['alias_uri']})" if summary.get("alias_uri") else "")
-        )
-    probe = summary.get("probe") or {}
-    for name, label in report.PROBE_COLUMNS.items():
-        key = report.probe_score_key(probe, name)
-        if key is not None:
-            print(f"  probe {label + ':':<14} {report.probe_score(probe, name):.1f}% top-1  (probe.{name}.{key})")
+        print(f"  registered encoder:  {summary['model_uri']}")
+    promo = summary.get("promotion")
+    if promo:
+        where = f"version {promo['champion']}" if promo["champion"] else "no version"
+        label = f"@{promo['alias']}:"
+        print(f"  {label:<20} {where} ({'moved' if promo['moved'] else 'kept'}: {promo['reason']})")
+    rep = report.as_report(summary.get("probe"))
+    base = report.as_report(summary.get("baseline_probe"))
+    if rep and rep.results:
+        print("\nProbe scores (%)" + ("   pretrained | random init | gain" if base else ""))
+        for r in rep.results:
+            line = f"  {r.probe + ' ' + r.metric + ':':<22} {r.score:6.1f}"
+            if base and (b := base.score(r.probe)) is not None:
+                line += f"     | {b:6.1f}      | {r.score - b:+.1f}"
+            print(line)
+        if base:
+            gains = [r.score - b for r in rep.results if (b := base.score(r.probe)) is not None]
+            if not gains or min(gains) <= 0:
+                print("  -> this short run did not beat a randomly initialised encoder on every probe;")
+                print("     `make demo LONG=1` runs the longer setting that does (README: Demo).")
     if summary.get("report"):
-        print(f"  report:              {summary['report']}")
+        print(f"\n  report:              {summary['report']}")
     flow_db = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "prefect.db"
     if not os.environ.get("PREFECT_API_URL"):
         print(f"  Prefect flow run:    recorded in {flow_db}")
     if summary.get("alias_uri"):
+        print("\nProbe the champion encoder again:")
         print(
-            f"\nProbe the registered encoder again:\n  bootleg probe --checkpoint {summary['alias_uri']} --out runs/probe-champion"
+            f"  MLFLOW_TRACKING_URI={summary['tracking_uri']} {bindir()}/bootleg probe --checkpoint {summary['alias_uri']} "
+            "--out runs/probe-champion"
         )
     print("\nOpen the UIs on these stores:")
     for line in ui_commands():
@@ -464,7 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--run-name")
     p.add_argument("--model-name", help="registered model name (default bootleg-encoder)")
     p.add_argument("--alias", help="alias for the best version (default champion)")
-    p.add_argument("--alias-metric", help="probe metric ranking versions (default: the first probe's score)")
+    p.add_argument("--alias-metric", help="probe metric ranking versions (default: the probe report's headline)")
+    p.add_argument("--promote", action="store_true", help="let a smoke run or ablation variant take the alias")
+    p.add_argument("--kind", choices=["auto", "train", "smoke", "ablation"], help="run kind for the alias rule")
+    p.add_argument("--baseline", action="store_true", help="also probe a randomly initialised encoder")
     p.add_argument("--probes", help="comma-separated probes ('' = none; default: the library's)")
     p.add_argument("--nproc", type=int, help="processes (GPUs); >1 launches torchrun")
     p.add_argument("--launcher", choices=["auto", "inprocess", "torchrun"])
@@ -483,9 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "launcher",
         "tracking_uri",
         "experiment",
+        "kind",
     ):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
+    raw["promote"], raw["baseline"] = a.promote, a.baseline
     if a.probes is not None:
         raw["probes"] = [s for s in a.probes.split(",") if s.strip()]
     raw["register_model"] = not a.no_register

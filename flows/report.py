@@ -5,12 +5,14 @@ laid out like the paper's Tables 2-5)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from bootleg.probe.results import ProbeReport
 
 #: probe names in the paper's column order and their column labels
 PROBE_COLUMNS: dict[str, str] = {
@@ -22,10 +24,6 @@ PROBE_COLUMNS: dict[str, str] = {
     "seg_linear": "Seg Lin",
     "seg_block": "Seg Blk",
 }
-#: leaf names that are scores (accuracy or mIoU), preferred in this order
-SCORE_KEYS = ("top1", "acc", "accuracy", "miou", "mIoU")
-#: keys of probe.json that are not metrics
-NON_METRIC = {"dataset", "checkpoint", "seed", "device", "time_s", "config", "encoder", "splits", "seg_data"}
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -43,76 +41,33 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def flatten_numbers(data: Mapping[str, Any], prefix: str = "", skip: Iterable[str] = ()) -> dict[str, float]:
-    """Numeric leaves of a nested dict as ``{"a.b.c": value}`` (bools, strings, NaN and the
-    top-level keys in ``skip`` dropped)."""
-    out: dict[str, float] = {}
-    skip = set(skip)
-    for k, v in data.items():
-        if k in skip:
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten_numbers(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-            out[key] = float(v)
-    return out
+def as_report(probe: ProbeReport | Mapping[str, Any] | str | Path | None) -> ProbeReport | None:
+    """A :class:`ProbeReport` from itself, its ``model_dump()`` or a ``probe.json`` path."""
+    if probe is None or isinstance(probe, ProbeReport):
+        return probe
+    if isinstance(probe, (str, Path)):
+        return ProbeReport.model_validate_json(Path(probe).read_text())
+    return ProbeReport.model_validate(probe) if probe else None
 
 
-def probe_metrics(result: Mapping[str, Any], prefix: str = "probe.") -> dict[str, float]:
-    """``probe.json`` -> flat MLflow metric names, e.g. ``probe.knn.cls.10``."""
-    return flatten_numbers(result, prefix, skip=NON_METRIC)
-
-
-def probe_score_key(result: Mapping[str, Any], probe: str) -> str | None:
-    """Dotted key (below ``probe``) of the headline score of one probe in ``probe.json``:
-    its top-1 accuracy or mIoU (the chosen head's test score, e.g. ``best.top1`` for kNN),
-    never a validation score."""
-    node = result.get(probe)
-    if not isinstance(node, Mapping):
-        return None
-    flat = {k: v for k, v in flatten_numbers(node).items() if not k.startswith("val.") and ".val." not in k}
-    for key in SCORE_KEYS:
-        hits = [k for k in flat if k.split(".")[-1] == key]
-        if hits:
-            return sorted(hits, key=lambda k: (k.count("."), 0 if "cls" in k else 1, k))[0]
+def headline_metric(probe: ProbeReport, wanted: str = "auto") -> str | None:
+    """The metric key that ranks versions: the report's headline (``probe.<name>.<metric>``),
+    or ``wanted`` (a key of :meth:`ProbeReport.metrics`, with or without ``probe.``)."""
+    metrics = probe.metrics()
+    if wanted == "auto":
+        h = probe.headline()
+        return None if h is None else f"probe.{h.probe}.{h.metric}"
+    for key in (wanted, f"probe.{wanted}"):
+        if key in metrics:
+            return key
     return None
 
 
-def probe_score(result: Mapping[str, Any], probe: str) -> float | None:
-    """The headline score of one probe (see :func:`probe_score_key`)."""
-    node = result.get(probe)
-    if isinstance(node, (int, float)) and not isinstance(node, bool):
-        return float(node)
-    key = probe_score_key(result, probe)
-    return None if key is None else flatten_numbers(node)[key]
-
-
-def pick_metric(metrics: Mapping[str, float], wanted: str = "auto", prefix: str = "probe.") -> str | None:
-    """Resolve ``wanted`` ('auto' = the headline score of the first probe present, in the
-    paper's column order) to a key of ``metrics``."""
-    if wanted != "auto":
-        if wanted in metrics:
-            return wanted
-        if prefix + wanted in metrics:
-            return prefix + wanted
-        return None
-    for probe in PROBE_COLUMNS:
-        keys = [k for k in metrics if k.startswith(f"{prefix}{probe}.") or k == f"{prefix}{probe}"]
-        if not keys:
-            continue
-        sub = {k[len(prefix) :]: v for k, v in metrics.items() if k in keys}
-        nested: dict[str, Any] = {}
-        for k, v in sub.items():
-            node = nested
-            parts = k.split(".")
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = v
-        key = probe_score_key(nested, probe)
-        if key is not None:
-            return f"{prefix}{probe}.{key}"
-    return None
+def probe_suite(probe: ProbeReport) -> str:
+    """``name,name,...@protocol#hash``: which probes ran, under which protocol and probe
+    config (sha256 prefix of ``probe.config``); part of the promotion key."""
+    digest = hashlib.sha256(json.dumps(probe.config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return ",".join(sorted(r.probe for r in probe.results)) + f"@{probe.protocol}#{digest}"
 
 
 # ------------------------------------------------------------------ curves
@@ -184,39 +139,72 @@ def _fmt(v: Any, column: str = "") -> str:
 
 
 def comparison_rows(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """``results``: ``{"variant": name, "describe": {...}, "probe": probe.json dict,
+    """``results``: ``{"variant": name, "describe": {...}, "probe": ProbeReport (or its dump),
     "final_loss": float, "run_id": str}`` per variant -> ``(columns, rows)``; probe columns
-    follow the paper's order (Patch, CLS, X-Blk, kNN, ...) and hold top-1 accuracy."""
-    probes = [p for p in PROBE_COLUMNS if any(p in (r.get("probe") or {}) for r in results)]
+    follow the paper's order (Patch, CLS, X-Blk, kNN, ...) and hold each probe's own score."""
+    reports = [as_report(r.get("probe")) for r in results]
+    present = {x.probe for rep in reports if rep for x in rep.results}
+    probes = [p for p in PROBE_COLUMNS if p in present] + sorted(present - set(PROBE_COLUMNS))
     desc_keys = [
         k
         for k in ("method", "targets", "merge", "sampler", "overrides")
         if any((r.get("describe") or {}).get(k) for r in results)
     ]
-    columns = [
-        "Variant",
-        *[k.capitalize() for k in desc_keys],
-        *[PROBE_COLUMNS[p] for p in probes],
-        "Final loss",
-        "MLflow run",
-    ]
+    labels = [PROBE_COLUMNS.get(p, p) for p in probes]
+    columns = ["Variant", *[k.capitalize() for k in desc_keys], *labels, "Final loss", "MLflow run"]
     rows = []
-    for r in results:
+    for r, rep in zip(results, reports, strict=True):
         row: dict[str, Any] = {"Variant": r.get("variant", "")}
         for k in desc_keys:
             row[k.capitalize()] = (r.get("describe") or {}).get(k, "")
-        for p in probes:
-            row[PROBE_COLUMNS[p]] = probe_score(r.get("probe") or {}, p)
+        for p, label in zip(probes, labels, strict=True):
+            row[label] = rep.score(p) if rep else None
         row["Final loss"] = r.get("final_loss")
         row["MLflow run"] = r.get("run_id", "")
         rows.append(row)
     return columns, rows
 
 
+def score_columns(columns: Sequence[str]) -> list[str]:
+    return [c for c in columns if c in PROBE_COLUMNS.values() or c in ("Value",)]
+
+
+def plot_scores(
+    columns: Sequence[str], rows: Sequence[Mapping[str, Any]], out_png: str | Path, title: str = ""
+) -> Path:
+    """Grouped bars: each row's (variant's or trial's) probe scores, one colour per probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label_col = columns[0]
+    scores = [c for c in score_columns(columns) if any(isinstance(r.get(c), (int, float)) for r in rows)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) * max(1, len(scores)) ** 0.5), 3.4), layout="constrained")
+    width = 0.8 / max(1, len(scores))
+    for j, c in enumerate(scores):
+        xs = [i + (j - (len(scores) - 1) / 2) * width for i in range(len(rows))]
+        ys = [float(r[c]) if isinstance(r.get(c), (int, float)) else 0.0 for r in rows]
+        bars = ax.bar(xs, ys, width, label=c)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(rows)), [str(r.get(label_col, "")) for r in rows], rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("score (%)")
+    if len(scores) > 1:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def to_markdown(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], title: str = "", note: str = "") -> str:
     lines = [f"### {title}", ""] if title else []
     lines.append("| " + " | ".join(columns) + " |")
-    lines.append("| " + " | ".join("---" if c in ("Variant", "MLflow run") else "---:" for c in columns) + " |")
+    left = ("Variant", "MLflow run", "Probe", "Metric", "Trial", "State")
+    lines.append("| " + " | ".join("---" if c in left else "---:" for c in columns) + " |")
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c), c) for c in columns) + " |")
     if note:
@@ -238,23 +226,56 @@ def table_records(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> 
     return [{c: _fmt(r.get(c), c) for c in columns} for r in rows]
 
 
+def probe_table(probe: ProbeReport, baseline: ProbeReport | None = None) -> str:
+    """Markdown: one row per probe with its metric and score, and the random-init score and
+    the gain beside it when ``baseline`` is given."""
+    cols = ["Probe", "Metric", "Pretrained"] + (["Random init", "Gain"] if baseline else [])
+    rows = []
+    for r in probe.results:
+        row: dict[str, Any] = {"Probe": r.probe, "Metric": r.metric, "Pretrained": f"{r.score:.1f}"}
+        if baseline:
+            b = baseline.score(r.probe)
+            row["Random init"] = "–" if b is None else f"{b:.1f}"
+            row["Gain"] = "–" if b is None else f"{r.score - b:+.1f}"
+        rows.append(row)
+    return to_markdown(cols, rows)
+
+
 def run_report(summary: Mapping[str, Any]) -> str:
-    """Markdown summary of one pipeline run."""
+    """Markdown summary of one pipeline run: where things are, probe scores (beside a randomly
+    initialised encoder's when measured) and what the ``@champion`` rule decided."""
     lines = [f"# Pipeline run {summary.get('run_name', '')}", ""]
     for key, label in [
         ("run_dir", "Run folder"),
         ("run_id", "MLflow run"),
         ("tracking_uri", "Tracking store"),
         ("model_uri", "Registered encoder"),
-        ("alias_uri", "Alias"),
         ("data_hash", "Data sha256"),
+        ("steps", "Steps"),
         ("final_loss", "Final loss"),
+        ("kind", "Run kind"),
     ]:
         if summary.get(key) not in (None, ""):
             lines.append(f"- **{label}**: `{summary[key]}`")
-    probe = summary.get("probe") or {}
-    if probe:
-        cols = [PROBE_COLUMNS[p] for p in PROBE_COLUMNS if p in probe]
-        vals = {PROBE_COLUMNS[p]: probe_score(probe, p) for p in PROBE_COLUMNS if p in probe}
-        lines += ["", "## Probes (top-1 %)", "", to_markdown(cols, [vals])]
+    probe = as_report(summary.get("probe"))
+    if probe and probe.results:
+        baseline = as_report(summary.get("baseline_probe"))
+        lines += ["", f"## Probes ({probe.dataset}, {probe.protocol} protocol; scores in %)", ""]
+        lines.append(probe_table(probe, baseline))
+        if baseline:
+            gains = [r.score - b for r in probe.results if (b := baseline.score(r.probe)) is not None]
+            verdict = (
+                "Pretraining beat random initialisation on every probe."
+                if gains and min(gains) > 0
+                else "Pretraining did NOT beat random initialisation on every probe: this run is too short or "
+                "too small to learn useful features (see README, `make demo LONG=1`)."
+            )
+            lines += [verdict, ""]
+    promo = summary.get("promotion")
+    if promo:
+        lines += ["## Registry", "", f"- **Rule**: {summary.get('rule', '')}"]
+        lines.append(f"- **Decision**: {'moved' if promo['moved'] else 'kept'} — {promo['reason']}")
+        if promo.get("champion"):
+            lines.append(f"- **@{promo['alias']}**: version {promo['champion']}")
+        lines.append("")
     return "\n".join(lines) + "\n"

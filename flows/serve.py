@@ -5,26 +5,34 @@ in this process's subprocesses.
     prefect server start --host 127.0.0.1 &              # or the compose stack's server
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve
 
-Run it from the project root (deployments point at ``flows/*.py``).
+Run it from the project root (deployments point at ``flows/*.py``). The first SIGTERM or
+SIGINT (Ctrl-C) stops it: Prefect's runner serves in a child process group, which gets
+SIGTERM and, if it is not gone within ``--grace`` seconds, SIGKILL (flow runs in progress
+included; Prefect marks them crashed).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from bootleg.errors import BootlegError
-from flows.ablation import EXAMPLE_VARIANTS, ablation
-from flows.pipeline import pipeline, run_cli
-from flows.study import study
+from flows.cli import run_cli
 
 DEPLOYMENTS = ("pipeline", "ablation", "study")
 
 
 def deployments(tags: Sequence[str] = ("bootleg",)) -> list:
     """The three ``RunnerDeployment`` objects (pipeline, ablation, study)."""
+    from flows.ablation import EXAMPLE_VARIANTS, ablation
+    from flows.pipeline import pipeline
+    from flows.study import study
+
     return [
         pipeline.to_deployment(
             name="pipeline", tags=list(tags), description="prepare data -> pretrain -> register -> probes -> report"
@@ -62,12 +70,46 @@ def check_api() -> str:
     return url
 
 
+def supervise(cmd: list[str], grace: float) -> int:
+    """Run ``cmd`` in its own process group until it ends or this process gets SIGTERM or
+    SIGINT; then SIGTERM the group, and SIGKILL it after ``grace`` seconds."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    received: list[int] = []
+
+    def on_signal(sig: int, _frame: object) -> None:
+        received.append(sig)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while proc.poll() is None and not received:
+            time.sleep(0.2)
+        if not received:
+            return proc.returncode
+        print(f"{signal.Signals(received[0]).name}: stopping the deployments", file=sys.stderr)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--limit", type=int, default=1, help="flow runs executed at once (default 1: one GPU)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds to wait for a clean stop before SIGKILL")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     url = check_api()
-    print(f"serving {', '.join(DEPLOYMENTS)} on {url}", file=sys.stderr)
+    if not a.child:
+        print(f"serving {', '.join(DEPLOYMENTS)} on {url}", file=sys.stderr)
+        return supervise([sys.executable, "-m", "flows.serve", "--limit", str(a.limit), "--child"], a.grace)
     from prefect import serve
 
     serve(*deployments(), limit=a.limit, print_starting_message=True)

@@ -22,41 +22,32 @@ from pathlib import Path
 
 from bootleg.errors import BootlegError
 from flows import report
-from flows.pipeline import run_cli
+from flows.cli import run_cli
+from flows.provenance import dataset_fingerprint
 
 
-def prepare(params: str, out: str | Path, overrides: Sequence[str] = ()) -> dict:
-    """Materialise the configured dataset as an ImageFolder tree in ``out`` (replaced)."""
-    import numpy as np
-    from PIL import Image
-
+def prepare(params: str, out: str | Path, overrides: Sequence[str] = (), shard_size: int = 1000) -> dict:
+    """Write the configured dataset as WebDataset tar shards in ``out`` (replaced): hundreds of
+    files for DVC to track, not one per image, streamed one image at a time (a large ImageFolder
+    is never held in memory). ``manifest.json`` adds the source's fingerprint."""
     from bootleg.config import load_config
-    from bootleg.data import dataset_fingerprint, load_images
+    from bootleg.data.shard_writer import write_shards
 
     cfg = load_config(params, list(overrides))
     d = cfg.data
+    if d.name == "shards":
+        raise BootlegError("data.name: shards is already sharded; point the pipeline at it directly")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    counts = {}
-    classes: list[str] = []
-    for split in ("train", "test"):
-        s = load_images(d.name, split, d.root, d.download, d.limit if split == "train" else None)
-        classes = list(s.classes)
-        safe = [c.replace("/", "_") for c in s.classes]
-        arr = s.images.permute(0, 2, 3, 1).numpy()
-        for i, (img, label) in enumerate(zip(arr, s.labels.tolist(), strict=True)):
-            folder = tmp / split / f"{label:02d}-{safe[label]}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.ascontiguousarray(img)).save(folder / f"{i:05d}.png", optimize=False, compress_level=1)
-        counts[split] = len(s)
+    meta = write_shards(d.root or "", tmp, source=d.name, shard_size=shard_size, limit=d.limit)
     manifest = {
         "source": d.name,
         "source_root": d.root,
         "source_sha256": dataset_fingerprint(d.name, d.root),
         "limit": d.limit,
-        "classes": classes,
-        "counts": counts,
+        "classes": meta["classes"],
+        "counts": {split: info["count"] for split, info in meta["splits"].items()},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -72,14 +63,12 @@ def write_report(run: str | Path, probe: str | Path | None, out: str | Path) -> 
     if not rows:
         raise BootlegError(f"{run}/metrics.jsonl: no metrics; expected a finished pretraining run")
     metrics: dict = {"pretrain": {"final_loss": rows[-1]["loss"], "steps": rows[-1]["step"]}}
-    probe_doc = {}
-    if probe and Path(probe).is_file():
-        probe_doc = json.loads(Path(probe).read_text())
-        scores = {p: report.probe_score(probe_doc, p) for p in report.PROBE_COLUMNS if p in probe_doc}
-        metrics["probe"] = {k: v for k, v in scores.items() if v is not None}
+    rep = report.as_report(probe) if probe and Path(probe).is_file() else None
+    if rep is not None:
+        metrics["probe"] = {r.probe: r.score for r in rep.results}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report.loss_csv(run / "metrics.jsonl", out / "loss.csv")
-    summary = {"run_dir": str(run), "final_loss": rows[-1]["loss"], "probe": probe_doc}
+    summary = {"run_dir": str(run), "final_loss": rows[-1]["loss"], "probe": rep}
     (out / "report.md").write_text(report.run_report(summary))
     return metrics
 
@@ -87,17 +76,18 @@ def write_report(run: str | Path, probe: str | Path | None, out: str | Path) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.stages", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("prepare", help="write the configured dataset as an ImageFolder tree")
+    a = sub.add_parser("prepare", help="write the configured dataset as WebDataset tar shards")
     a.add_argument("--params", default="params.yaml")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    a.add_argument("--out", default="data/prepared")
+    a.add_argument("--out", default="data/shards")
+    a.add_argument("--shard-size", type=int, default=1000, help="images per tar file (default 1000)")
     b = sub.add_parser("report", help="DVC metrics, plots and a markdown report of one run")
     b.add_argument("--run", required=True, help="pretraining run folder")
     b.add_argument("--probe", help="probe.json")
     b.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.cmd == "prepare":
-        m = prepare(args.params, args.out, args.set)
+        m = prepare(args.params, args.out, args.set, args.shard_size)
         print(f"prepared {m['source']} ({m['counts']['train']} train / {m['counts']['test']} test) in {args.out}")
     else:
         print(json.dumps(write_report(args.run, args.probe, args.out), indent=2))

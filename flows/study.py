@@ -7,14 +7,16 @@ teacher ``rounds`` times; each probe accuracy is reported as an intermediate val
 median pruner stops poor trials early. Every trial is a nested MLflow run under the
 study's parent run.
 
-Storage is ``sqlite:///<project>/optuna.db`` by default; pass ``--storage
-postgresql://user:pass@host/db`` to share one study between many worker processes or
-machines. Trials heartbeat every ``heartbeat_interval`` s: a trial whose worker dies is
-marked failed after ``grace_period`` s and retried (``max_retry`` times) by a live worker.
+Storage is ``sqlite:///<project>/optuna.db`` by default; set ``BOOTLEG_OPTUNA_STORAGE=
+postgresql+psycopg2://user:pass@host/db`` (or pass ``--storage`` without the password and
+keep it in ``PGPASSWORD`` / ``~/.pgpass``) to share one study between many worker processes
+or machines; see :mod:`flows.storage`. Trials heartbeat every ``heartbeat_interval`` s: a
+trial whose worker dies is marked failed after ``grace_period`` s and retried (``max_retry``
+times) by a live worker, and the dead attempt's MLflow run is marked FAILED.
 
-    python -m flows.study run --study-name t1 --n-trials 8 --workers 2      # the flow
-    python -m flows.study worker --study-name t1 --storage postgresql://...  # join from anywhere
-    optuna-dashboard sqlite:///optuna.db                                    # watch it
+    python -m flows.study run --study-name t1 --n-trials 8 --workers 2    # the flow
+    python -m flows.study worker --study-name t1                          # join (storage from the env)
+    optuna-dashboard postgresql+psycopg2://user@host/db                   # watch it
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import argparse
 import importlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -40,31 +41,15 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from bootleg import tracking
 from bootleg.errors import BootlegError
-from flows import report
+from flows import report, tracking
+from flows.cli import add_common_args, run_cli, ui_commands
 from flows.params import StudyParams, validate
-from flows.pipeline import add_common_args, run_cli, ui_commands
+from flows.storage import ENV_STORAGE, check_sqlite_folder, default_storage, public_url, redact, sqlalchemy_url
 
 SPEC_ATTR = "bootleg_spec"
 PARENT_ATTR = "mlflow_parent_run_id"
 Objective = Callable[[Any, StudyParams, str | None], float]
-
-
-def default_storage() -> str:
-    """``BOOTLEG_OPTUNA_STORAGE``, else ``sqlite:///<project>/optuna.db``."""
-    return os.environ.get("BOOTLEG_OPTUNA_STORAGE") or f"sqlite:///{tracking.project_dir() / 'optuna.db'}"
-
-
-def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def sqlalchemy_url(url: str) -> str:
-    """``postgresql://`` -> ``postgresql+psycopg2://`` (SQLAlchemy 2.1 defaults to psycopg 3,
-    the project ships psycopg2)."""
-    return "postgresql+psycopg2://" + url[len("postgresql://") :] if url.startswith("postgresql://") else url
 
 
 def make_storage(url: str | None, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2):  # noqa: ANN201
@@ -77,8 +62,7 @@ def make_storage(url: str | None, heartbeat_interval: int = 10, grace_period: in
 
     url = url or default_storage()
     engine_url = sqlalchemy_url(url)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    check_sqlite_folder(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
@@ -124,7 +108,7 @@ def create_study(spec: StudyParams):  # noqa: ANN201
             f"study {spec.study_name!r} already exists in {redact(spec.storage or default_storage())}; "
             "pass --resume to add trials to it, or choose another --study-name"
         ) from None
-    study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json", exclude={"storage"}))  # no password in the db
     return study
 
 
@@ -200,7 +184,7 @@ def pretrain_probe_objective(trial: Any, spec: StudyParams, run_id: str | None) 
     import optuna
 
     from bootleg.config import load_config
-    from bootleg.probe import run_probes
+    from bootleg.probe.runner import run_probes
     from bootleg.train import export_checkpoint, pretrain
 
     base = load_config(spec.params, spec.overrides)
@@ -228,14 +212,15 @@ def pretrain_probe_objective(trial: Any, spec: StudyParams, run_id: str | None) 
             stop = seg * r if r < spec.rounds else None
             pretrain(cfg, out, resume=r > 1, callbacks=[cb] if cb else [], stop_at=stop)
             weights = export_checkpoint(out, out / f"round-{r}") if stop else out
-            result = run_probes(
+            run_probes(
                 weights, out / f"probe-{r}", cfg=getattr(cfg, "probe", None), probes=[spec.probe], seed=cfg.run.seed
             )
-            metrics = report.probe_metrics(result)
-            key = report.pick_metric(metrics, spec.metric)
+            rep = report.as_report(out / f"probe-{r}" / "probe.json")
+            assert rep is not None
+            key = report.headline_metric(rep, spec.metric)
             if key is None:
-                raise BootlegError(f"metric {spec.metric!r} not in the probe results ({', '.join(metrics)})")
-            value = metrics[key]
+                raise BootlegError(f"metric {spec.metric!r} not in the probe results ({', '.join(rep.metrics())})")
+            value = rep.metrics()[key]
             step = stop or spec.steps
             trial.report(value, step)
             if run_id:
@@ -253,6 +238,7 @@ def run_trial(trial: Any, spec: StudyParams, objective: Objective, parent_run_id
     import optuna
 
     trial.set_user_attr("worker_pid", os.getpid())
+    close_dead_runs(trial.study, spec.tracking_uri)  # this may be the retry of a dead worker's trial
     run_id = None
     if parent_run_id:
         try:
@@ -266,7 +252,7 @@ def run_trial(trial: Any, spec: StudyParams, objective: Objective, parent_run_id
             )
             trial.set_user_attr("mlflow_run_id", run_id)
         except Exception as e:  # tracking trouble must not cost the trial
-            print(f"warning: trial {trial.number}: no MLflow run ({tracking._first_line(e)})", file=sys.stderr)
+            print(f"warning: trial {trial.number}: no MLflow run ({tracking.first_line(e)})", file=sys.stderr)
     status = "FAILED"
     try:
         value = objective(trial, spec, run_id)
@@ -278,13 +264,29 @@ def run_trial(trial: Any, spec: StudyParams, objective: Objective, parent_run_id
     finally:
         if run_id:
             try:
-                params = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in trial.params.items()}
-                tracking.client(spec.tracking_uri).log_batch(
-                    run_id, params=[__import__("mlflow").entities.Param(k, v) for k, v in params.items()]
-                )
+                tracking.log_params(run_id, trial.params, uri=spec.tracking_uri)
             except Exception:
                 pass
             tracking.end_run(run_id, status, uri=spec.tracking_uri)
+
+
+def close_dead_runs(study: Any, uri: str | None) -> int:
+    """Mark FAILED the MLflow runs of failed trials (a dead worker's, failed by heartbeat)
+    that are still RUNNING; returns how many were marked."""
+    from optuna.trial import TrialState
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        rid = t.user_attrs.get("mlflow_run_id")
+        if not rid:
+            continue
+        try:
+            if tracking.client(uri).get_run(rid).info.status == "RUNNING":
+                tracking.end_run(rid, "FAILED", uri=uri)
+                n += 1
+        except Exception as e:  # bookkeeping must not cost a trial
+            print(f"warning: trial {t.number}: run {rid} not marked FAILED ({tracking.first_line(e)})", file=sys.stderr)
+    return n
 
 
 def work(study_name: str, storage: str | None, n_trials: int | None = None, log: Callable[[str], None] = print) -> int:
@@ -328,6 +330,7 @@ def work(study_name: str, storage: str | None, n_trials: int | None = None, log:
     deadline = time.monotonic() + patience
     while True:
         optuna.storages.fail_stale_trials(study)
+        close_dead_runs(study, spec.tracking_uri)
         trials = study.get_trials(deepcopy=False)
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -394,12 +397,12 @@ def study(spec: StudyParams = StudyParams()) -> dict[str, Any]:  # noqa: B008 - 
         progress = create_progress_artifact(0.0, description=f"study {spec.study_name}: finished trials")
     except Exception:
         progress = None
-    env = {**os.environ}
+    env = {**os.environ, ENV_STORAGE: storage}  # the full URL (password included) only in the environment
     if spec.tracking_uri:
         env["MLFLOW_TRACKING_URI"] = spec.tracking_uri
-    cmd = [sys.executable, "-m", "flows.study", "worker", "--study-name", spec.study_name, "--storage", storage]
+    cmd = [sys.executable, "-m", "flows.study", "worker", "--study-name", spec.study_name]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(spec.workers)]
-    logger.info("%d worker(s) on %s", spec.workers, redact(storage))
+    logger.info("%d worker(s) on %s", spec.workers, public_url(storage))
     while any(p.poll() is None for p in procs):
         done = len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         if progress is not None:
@@ -425,11 +428,17 @@ def study(spec: StudyParams = StudyParams()) -> dict[str, Any]:  # noqa: B008 - 
         create_markdown_artifact(md, description=f"study {spec.study_name}")
     except Exception:
         pass
-    tracking.log_artifacts(parent, [out / "trials.md", out / "trials.csv"], uri=spec.tracking_uri)
+    close_dead_runs(st, spec.tracking_uri)
+    scored = [r for r in rows if isinstance(r.get("Value"), (int, float))]
+    paths = [out / "trials.md", out / "trials.csv"]
+    if scored:
+        paths.append(report.plot_scores(["Trial", "Value"], scored, out / "comparison.png", f"study {spec.study_name}"))
+    tracking.log_artifacts(parent, paths, uri=spec.tracking_uri)
+    tracking.log_table(parent, report.table_records(columns, rows), "comparison.json", uri=spec.tracking_uri)
     states = {s.name: len(st.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     summary: dict[str, Any] = {
         "study_name": spec.study_name,
-        "storage": redact(storage),
+        "storage": public_url(storage),
         "states": states,
         "parent_run_id": parent,
     }
@@ -452,7 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = sub.add_parser("run", help="create a study and run it with --workers local workers (the Prefect flow)")
     add_common_args(r)
     r.add_argument("--study-name")
-    r.add_argument("--storage", help="sqlite:///... or postgresql://... (default sqlite:///<project>/optuna.db)")
+    r.add_argument(
+        "--storage",
+        help=f"sqlite:///... or postgresql+psycopg2://user@host/db (default: ${ENV_STORAGE}, else optuna.db)",
+    )
     r.add_argument("--resume", action="store_true", help="add trials to an existing study")
     r.add_argument("--n-trials", type=int)
     r.add_argument("--workers", type=int)
@@ -469,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--json", action="store_true")
     w = sub.add_parser("worker", help="join an existing study (any machine that reaches the storage)")
     w.add_argument("--study-name", required=True)
-    w.add_argument("--storage", help="default sqlite:///<project>/optuna.db")
+    w.add_argument("--storage", help=f"default: ${ENV_STORAGE}, else sqlite:///<project>/optuna.db")
     w.add_argument("--n-trials", type=int, help="stop after this many finished trials (default: the study's)")
     a = p.parse_args(argv)
     if a.cmd == "worker":

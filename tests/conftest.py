@@ -152,7 +152,7 @@ def start_mlflow_server(tmp_path: Path) -> Iterator:
 
 @pytest.fixture
 def mlflow_uri(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point ``MLFLOW_TRACKING_URI`` (read at call time by ``bootleg.tracking``) at the server."""
+    """Point ``MLFLOW_TRACKING_URI`` (read at call time by ``flows.tracking``) at the server."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     return mlflow_server.url
 

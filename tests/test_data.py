@@ -26,18 +26,18 @@ from bootleg.data import (
     MemoryStream,
     batch_augment,
     build_stream,
-    dataset_fingerprint,
     eval_transform,
     load_images,
     open_split,
     readers,
 )
-from bootleg.data import fingerprint as fp_mod
 from bootleg.data import sources as ds_mod
 from bootleg.data.augment import apply_augment, random_resized_crop_params, sample_augment_params
 from bootleg.data.order import epoch_order
 from bootleg.errors import BootlegError
 from bootleg.masking import Masks, StepMasks, build_sampler
+from flows import provenance as fp_mod
+from flows.provenance import dataset_fingerprint
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 CIFAR_TAR = SHARED / "cifar10" / "cifar10-jpg.tar.gz"

@@ -1,5 +1,5 @@
 """The DVC pipeline in a temporary git repository, as on a fresh clone: ``dvc repro`` runs
-prepare -> pretrain -> probe -> report, a second ``dvc repro`` does nothing, and
+shard -> pretrain -> probe -> report, a second ``dvc repro`` does nothing, and
 ``dvc exp run -S``, ``dvc exp show``, ``dvc metrics diff`` and ``dvc push`` work."""
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ def test_dvc_repro_exp_and_metrics(tmp_path: Path) -> None:
     sh("git", "commit", "-qm", "fresh clone")
 
     first = sh(dvc, "repro")
-    for stage in ("prepare", "pretrain", "probe", "report"):
+    for stage in ("shard", "pretrain", "probe", "report"):
         assert f"Running stage '{stage}'" in first.stdout, first.stdout
     assert (repo / "dvc.lock").is_file()
-    manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
+    manifest = json.loads((repo / "data/shards/manifest.json").read_text())
+    assert len(list((repo / "data/shards/train").glob("*.tar"))) >= 1  # shards, not one file per image
     assert manifest["counts"]["train"] == 160
     assert len(manifest["source_sha256"]) == 64
     metrics = json.loads((repo / "reports/dvc/metrics.json").read_text())

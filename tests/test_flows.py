@@ -1,5 +1,8 @@
 """The Prefect flows end to end on real servers: a ``prefect server start`` process and an
-``mlflow server`` process on loopback, micro ViT, a few steps, kNN probes on a small split."""
+``mlflow server`` process on loopback, micro ViT, a few steps, kNN probes on a small split.
+
+The tests that run the real probes read ``probe.json`` as a ``ProbeReport``; they need
+``run_probes`` to write one (the probe branch)."""
 
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import pytest
 import yaml
 from conftest import ROOT, free_port, run_cmd, stop
 
-from bootleg import tracking
 from bootleg.export import load_encoder
+from bootleg.probe.results import ProbeReport
+from flows import registry, tracking
 
 TINY = {
     "method": "bootleg",
@@ -59,14 +63,15 @@ def test_pipeline_end_to_end(tiny_params: Path, tmp_path: Path, mlflow_uri: str,
     summary = pipeline(spec)
     assert summary["model_uri"] == "models:/e2e-encoder/1"
     assert summary["alias_uri"] == "models:/e2e-encoder@champion"
-    assert summary["alias_metric"] == "probe.knn.best.top1"
+    assert summary["alias_metric"] == "probe.knn.top1"
+    assert summary["promotion"]["moved"] and summary["kind"] == "train"
     assert summary["steps"] == 4
 
     c = tracking.client()
     run = c.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.size"] == "micro" and run.data.params["run.steps"] == "4"
-    assert {"loss", "lr", "images_per_s", "probe.knn.best.top1"} <= set(run.data.metrics)
+    assert {"loss", "lr", "images_per_s", "probe.knn.top1"} <= set(run.data.metrics)
     assert len(c.get_metric_history(run.info.run_id, "loss")) == 4
     assert any(k.startswith("system/") for k in run.data.metrics)
     assert len(run.data.tags[tracking.TAG_DATA_HASH]) == 64
@@ -87,7 +92,9 @@ def test_pipeline_end_to_end(tiny_params: Path, tmp_path: Path, mlflow_uri: str,
 
     mv = c.get_model_version_by_alias("e2e-encoder", "champion")
     assert mv.version == "1" and mv.run_id == run.info.run_id
-    local = tracking.download_encoder("models:/e2e-encoder@champion", tmp_path / "dl")
+    assert run.data.tags[f"{registry.TAG_KEY}.metric"] == "probe.knn.top1"
+    assert "rule" in Path(summary["report"]).read_text().lower()
+    local = registry.download_encoder("models:/e2e-encoder@champion")
     assert load_encoder(local).depth == 8
 
     # `bootleg probe` on the alias, in a fresh process
@@ -98,7 +105,8 @@ def test_pipeline_end_to_end(tiny_params: Path, tmp_path: Path, mlflow_uri: str,
         env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["knn"]["best"]["top1"] == pytest.approx(run.data.metrics["probe.knn.best.top1"])
+    again = ProbeReport.model_validate_json(Path(tmp_path / "reprobe" / "probe.json").read_text())
+    assert again.score("knn") == pytest.approx(run.data.metrics["probe.knn.top1"])
 
     # the Prefect server holds the flow run, its task runs and artifacts
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
@@ -141,7 +149,8 @@ def test_ablation_writes_table(tiny_params: Path, tmp_path: Path, prefect_api: s
     assert all(0 <= float(r["kNN"]) <= 100 for r in res["rows"])
     c = tracking.client()
     parent = c.get_run(res["parent_run_id"])
-    assert {"ablation.md", "ablation.csv", "ablation.json"} <= {a.path for a in c.list_artifacts(parent.info.run_id)}
+    arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"ablation.md", "ablation.csv", "ablation.json", "comparison.json", "comparison.png"} <= arts
     children = c.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -219,8 +228,48 @@ def test_served_deployments_listed_with_schemas(
             time.sleep(2)
         assert state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
         assert (tmp_path / "served" / "probe" / "probe.json").is_file()
+        # the first SIGTERM stops the server and the runner it supervises
+        children = [int(x) for x in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert children
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert time.monotonic() - t0 < 20
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [
+            c for c in children if Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text()
+        ]
     finally:
         stop(proc, signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_smoke_ablation_and_demo_leave_champion_by_the_rule(tiny_params: Path, tmp_path: Path, mlflow_uri: str) -> None:
+    """One store, three kinds of run: the full run (the demo) takes @champion; a better-or-not
+    smoke run (fewer steps, knn only) and an ablation variant register versions but leave it."""
+    from flows.ablation import ablation
+    from flows.params import AblationParams, PipelineParams
+    from flows.pipeline import pipeline
+
+    name = "rule-e2e"
+    base = {"params": str(tiny_params), "model_name": name, "experiment": "rule-e2e"}
+    demo = pipeline(PipelineParams(**base, out=str(tmp_path / "demo"), run_name="demo"))
+    assert demo["kind"] == "train" and demo["promotion"]["moved"] and demo["model_uri"].endswith("/1")
+    smoke = pipeline(PipelineParams(**base, out=str(tmp_path / "smoke"), run_name="smoke", overrides=["run.steps=2"]))
+    assert smoke["kind"] == "smoke" and not smoke["promotion"]["moved"]
+    abl = ablation(AblationParams(base=base, variants=[{"name": "late", "targets": [7, 8]}], out=str(tmp_path / "abl")))
+    c = tracking.client()
+    kids = c.search_runs(
+        [c.get_experiment_by_name("rule-e2e").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{abl['parent_run_id']}'",
+    )
+    assert [r.data.tags[registry.TAG_KIND] for r in kids] == ["ablation"]
+    assert c.get_model_version_by_alias(name, "champion").version == "1"
+    assert len(c.search_model_versions(f"name='{name}'")) == 3
+    text = Path(smoke["report"]).read_text()
+    assert "smoke run is never promoted" in text and "compared like with like" in text
 
 
 def test_bad_input_is_one_line(tiny_params: Path, tmp_path: Path) -> None:
@@ -236,3 +285,19 @@ def test_bad_input_is_one_line(tiny_params: Path, tmp_path: Path) -> None:
     assert "nproc" in cli("--nproc", "0")
     uri = f"http://127.0.0.1:{free_port()}"
     assert f"tracking server {uri} unreachable" in cli("--tracking-uri", uri)
+
+
+def test_stages_parse_arguments_without_prefect() -> None:
+    """The DVC stages share the flows' command-line helpers but never import Prefect."""
+    code = "import sys, flows.stages; sys.exit(1 if 'prefect' in sys.modules else 0)"
+    r = run_cmd([sys.executable, "-c", code], cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_form_help_texts_survive_html() -> None:
+    """Prefect renders field descriptions as HTML: no ``<placeholder>`` may vanish from them."""
+    from flows.params import AblationParams, PipelineParams, StudyParams
+
+    for model in (PipelineParams, AblationParams, StudyParams):
+        for name, field in model.model_fields.items():
+            assert "<" not in (field.description or ""), f"{model.__name__}.{name}: {field.description}"

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from conftest import ROOT, run_cmd
 
-from bootleg import tracking
 from bootleg.errors import BootlegError
+from flows import storage, tracking
+from flows.cli import ui_commands
 from flows.params import StudyParams
 from flows.study import PARENT_ATTR, create_study, load_study
 
@@ -49,11 +50,14 @@ def test_two_workers_on_postgres_retry_killed_trial(pg_url: str, mlflow_uri: str
     st = create_study(spec)
     parent = tracking.start_run(None, spec.experiment, run_name=name, uri=mlflow_uri)
     st.set_user_attr(PARENT_ATTR, parent)
-    cmd = [sys.executable, "-m", "flows.study", "worker", "--study-name", name, "--storage", pg_url]
-    env = worker_env(BOOTLEG_TOY_SLEEP="0.6")
+    cmd = [sys.executable, "-m", "flows.study", "worker", "--study-name", name]  # storage from the env
+    env = worker_env(BOOTLEG_TOY_SLEEP="0.6", BOOTLEG_OPTUNA_STORAGE=pg_url)
     logs = [open(tmp_path / f"w{i}.log", "wb") for i in range(2)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
     victim = procs[0]
+    secret = f":{storage.password(pg_url)}@"  # the test cluster's user and password are both "bootleg"
+    for p in procs:  # what `ps` shows
+        assert secret not in Path(f"/proc/{p.pid}/cmdline").read_bytes().decode().replace("\0", " ")
     try:
         deadline = time.monotonic() + 90
         killed_trial = None
@@ -93,6 +97,53 @@ def test_two_workers_on_postgres_retry_killed_trial(pg_url: str, mlflow_uri: str
     runs = c.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert len(runs) == len(trials)
     assert {r.info.status for r in runs if r.data.tags["optuna.trial"] != str(killed_trial)} <= {"FINISHED", "KILLED"}
+    # the dead worker's run does not stay RUNNING: it is marked FAILED when its trial is retried
+    dead = [r for r in runs if r.data.tags["optuna.trial"] == str(killed_trial)]
+    assert [r.info.status for r in dead] == ["FAILED"]
+
+
+def test_printed_postgres_url_works_and_hides_the_password(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printed dashboard command's URL loads the study with the installed driver
+    (psycopg2), with the password from PGPASSWORD; no printed line shows the password."""
+    import optuna
+
+    name = f"url-{uuid.uuid4().hex[:8]}"
+    create_study(StudyParams(study_name=name, storage=pg_url))
+    monkeypatch.setenv("BOOTLEG_OPTUNA_STORAGE", pg_url)
+    lines = ui_commands()
+    password = storage.password(pg_url)
+    secret = f":{password}@"  # the test cluster's user and password are both "bootleg"
+    assert password and not any(secret in line for line in lines)
+    dash = next(line for line in lines if line.startswith("Optuna dashboard:"))
+    url = dash.split()[3]
+    assert url.startswith("postgresql+psycopg2://") and "@127.0.0.1" in url
+    monkeypatch.setenv("PGPASSWORD", password)
+    assert optuna.load_study(study_name=name, storage=url).study_name == name
+    r = run_cmd(
+        [sys.executable, "-m", "flows.study", "run", "--study-name", name],
+        cwd=ROOT,
+        env=worker_env(BOOTLEG_OPTUNA_STORAGE=pg_url),
+    )
+    assert r.returncode == 2 and "already exists" in r.stderr and secret not in r.stderr + r.stdout
+
+
+def test_storage_urls() -> None:
+    url = "postgresql://u:s3cret@127.0.0.1:5432/db"
+    assert storage.sqlalchemy_url(url) == "postgresql+psycopg2://u:s3cret@127.0.0.1:5432/db"
+    assert storage.public_url(url) == "postgresql+psycopg2://u@127.0.0.1:5432/db"
+    assert storage.redact(url) == "postgresql://u:***@127.0.0.1:5432/db"
+    assert "PGPASSWORD" in storage.dashboard_command(url)
+    assert "s3cret" not in storage.dashboard_command(url)
+    assert storage.public_url("sqlite:///x/optuna.db") == "sqlite:///x/optuna.db"
+
+
+def test_sqlite_storage_in_missing_folder_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "optuna.db"
+    with pytest.raises(BootlegError, match="does not exist"):
+        create_study(StudyParams(study_name="x", storage=f"sqlite:///{missing}"))
+    assert not missing.parent.exists()
+    line = storage.dashboard_command(f"sqlite:///{tmp_path / 'later.db'}")
+    assert "appears when the first study runs" in line
 
 
 def test_study_name_clash_is_one_line(tmp_path: Path) -> None:
@@ -163,6 +214,10 @@ def test_study_flow_real_trials(tmp_path: Path, prefect_api: str) -> None:
     kids = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(kids) == len(st.trials)
     assert any("loss" in r.data.metrics for r in kids)
+    # the study's comparison as MLflow shows it: a table and a chart on the parent run
+    assert {"trials.md", "trials.csv", "comparison.json", "comparison.png"} <= {
+        a.path for a in c.list_artifacts(parent.info.run_id)
+    }
 
 
 def test_optuna_dashboard_serves_the_storage(tmp_path: Path) -> None:

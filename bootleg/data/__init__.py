@@ -11,7 +11,6 @@
 
 from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, batch_augment, eval_transform
 from bootleg.data.config import DataConfig
-from bootleg.data.fingerprint import dataset_fingerprint
 from bootleg.data.memory import MemoryStream
 from bootleg.data.sources import SOURCES, ImageSet, Items, load_images, open_split
 from bootleg.data.stream import Stream, build_stream
@@ -29,7 +28,6 @@ __all__ = [
     "StreamingStream",
     "batch_augment",
     "build_stream",
-    "dataset_fingerprint",
     "eval_transform",
     "load_images",
     "open_split",

@@ -94,6 +94,7 @@ def write_shards(
     source: str = "imagefolder",
     shard_size: int = 1000,
     max_side: int | None = None,
+    limit: int | None = None,
 ) -> dict:
     """Convert every split of ``source`` at ``src`` into shards under ``dst``; returns ``index.json``'s content.
 
@@ -103,6 +104,7 @@ def write_shards(
         source: a registered source name other than ``shards``.
         shard_size: samples per tar file.
         max_side: re-encode ImageFolder images larger than this (longer side, pixels).
+        limit: keep this many training images (the sources' fixed ``data.limit`` subset).
     """
     import webdataset as wds
 
@@ -115,10 +117,11 @@ def write_shards(
     meta: dict = {"format": FORMAT, "source": source, "classes": None, "splits": {}}
     for split in SPLITS:
         try:
+            keep = limit if split == "train" else None
             if source == "imagefolder":
-                data: ImageSet | Items = FolderItems(folder_split_dir(Path(src).expanduser(), split))
+                data: ImageSet | Items = FolderItems(folder_split_dir(Path(src).expanduser(), split), keep)
             else:
-                data = load_images(source, split, str(src) if src else None)
+                data = load_images(source, split, str(src) if src else None, limit=keep)
         except BootlegError:
             if split == "train":
                 raise
