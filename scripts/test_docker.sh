@@ -73,9 +73,30 @@ for v in COMPOSE_PROJECT_NAME BIND_ADDRESS POSTGRES_USER POSTGRES_PASSWORD POSTG
 done >"$env_file"
 compose() { $COMPOSE -p "$PROJECT" -f docker/compose.yaml --env-file "$env_file" --profile cpu "$@"; }
 
+# Every 2 s while the stack is up: TCP/UDP sockets of the stack's processes (docker top) whose
+# peer is not a loopback address go to $logs/non-loopback.txt (a sample, not a packet capture).
+sampler_pid=""
+watch_sockets() {
+  local out="$logs/non-loopback.txt" pids ids
+  : >"$out"
+  while sleep 2; do
+    ids=$($DOCKER ps -q --filter "label=com.docker.compose.project=$PROJECT")
+    [ -n "$ids" ] || continue
+    pids=$(for c in $ids; do $DOCKER top "$c" -eo pid 2>/dev/null | tail -n +2; done | tr -s ' \n' ' ')
+    ss -tunpH 2>/dev/null | awk -v pids=" $pids " '
+      { peer = $6; sub(/:[^:]*$/, "", peer) }
+      peer ~ /^(127\.|\[::1\]|\[::ffff:127\.|\*|0\.0\.0\.0|\[::\])/ { next }
+      { rest = $0
+        while (match(rest, /pid=[0-9]+/)) { p = substr(rest, RSTART + 4, RLENGTH - 4)
+          if (index(pids, " " p " ")) { print; break }
+          rest = substr(rest, RSTART + RLENGTH) } }' >>"$out"
+  done
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null || true
   if [ -n "${TEST_DOCKER_KEEP:-}" ] && [ "$rc" = 0 ]; then
     echo "stack left up (TEST_DOCKER_KEEP): $COMPOSE -p $PROJECT -f docker/compose.yaml --profile cpu down -v"
   else
@@ -131,6 +152,8 @@ build Dockerfile.gpu "$WORKER_IMAGE" --build-arg TORCH_INDEX_URL=
 phase up
 echo "== stack up: project $PROJECT, host network, 127.0.0.1 ports pg $POSTGRES_PORT, mlflow $MLFLOW_PORT, prefect $PREFECT_PORT, optuna $OPTUNA_DASHBOARD_PORT"
 compose up -d --no-build postgres mlflow prefect-server optuna-dashboard cpu-worker
+watch_sockets &
+sampler_pid=$!
 prefect_api="http://127.0.0.1:$PREFECT_PORT/api"
 mlflow_url="http://127.0.0.1:$MLFLOW_PORT"
 python3 tests/docker/check_stack.py wait-deployment --prefect "$prefect_api" --name pipeline/pipeline --timeout 300
@@ -173,6 +196,14 @@ if ps -eo args | grep -v grep | grep -qF "$POSTGRES_PASSWORD"; then
   exit 1
 fi
 echo "  the database password is in no command line on this machine"
+
+echo "== connections of the stack's processes to non-loopback addresses (sampled every 2 s)"
+if [ -s "$logs/non-loopback.txt" ]; then
+  sed 's/^/  /' "$logs/non-loopback.txt" | sort -u | head -20 >&2
+  echo "error: the stack talked to addresses other than loopback" >&2
+  exit 1
+fi
+echo "  none seen"
 
 echo "== checks on the stack's Prefect and MLflow"
 python3 tests/docker/check_stack.py check --prefect "$prefect_api" --mlflow "$mlflow_url" \
