@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             build=False,
             push=False,
             print_next_steps=False,
+            ignore_warnings=True,  # "process pool: consider .serve" - the worker is the point here
         )
         print(f"deployment {loaded.name}/{name} on pool {a.pool}: {deployment_id}", file=sys.stderr)
     return 0
