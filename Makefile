@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench gpu-check install clean
 
 install: $(STAMP)
 
@@ -34,7 +34,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/masks.py
-	$(PY) bench/step.py --preset tiny --steps 10
+	$(PY) bench/step.py --method bootleg --size micro --img-size 32 --batch-size 64 --steps 10
+	$(PY) bench/data.py --images 96 --rounds 1
+
+# Proves and measures the GPU path in one short window (docs/gpu.md): CUDA tests, step speed,
+# a CIFAR-10 quality race; hard budget BUDGET seconds (default 480). SMOKE=1: the same on CPU, tiny.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(if $(filter 1 true yes,$(SMOKE)),--smoke) $(if $(BUDGET),--budget-s $(BUDGET))
 
 clean:
 	rm -rf runs .pytest_cache

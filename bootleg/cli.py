@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_masks_parser(sub)
+    from bootleg.data.cli import add_data_parser
+
+    add_data_parser(sub)
     try:
         from bootleg.probe.cli import add_probe_parser
     except ImportError:  # pragma: no cover

@@ -16,13 +16,14 @@ import torch
 
 from bootleg.errors import BootlegError
 from bootleg.mask_stats import mask_stats, plot_masks
-from bootleg.masking import SAMPLERS, MaskingParams, MaskSampler, build_sampler
+from bootleg.masking import SAMPLERS, MaskSampler, build_sampler, parse_masking
+from bootleg.schema import parse_override
 
 __all__ = ["add_masks_parser", "format_stats", "main", "run_masks"]
 
 
 def _add_common(p: argparse.ArgumentParser, grid_default: tuple[int, int]) -> None:
-    p.add_argument("--sampler", default="bootleg", help=f"one of {', '.join(SAMPLERS)} (default bootleg)")
+    p.add_argument("--sampler", default="bootleg", help=f"one of {', '.join(SAMPLERS.names())} (default bootleg)")
     p.add_argument(
         "--grid",
         nargs=2,
@@ -55,7 +56,12 @@ def add_masks_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="block size rates, seen/target rates, frequency maps")
     _add_common(stats, (14, 14))
-    stats.add_argument("--batch-size", type=int, default=256, help="per-call batch (default 256)")
+    stats.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="micro-batch per rank (default 256); masks are sampled per masking.group_size images",
+    )
     stats.add_argument("--batches", type=int, default=100, help="number of batches (default 100)")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -73,15 +79,24 @@ def add_masks_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _sampler_from_args(args: argparse.Namespace) -> MaskSampler:
-    params = MaskingParams.from_overrides(args.sampler, args.overrides)
-    return build_sampler(params, tuple(args.grid))
+    """The sampler named by ``--sampler`` with every ``--set [masking.]FIELD=VALUE`` applied,
+    validated by its params class and checked against ``--grid``."""
+    data: dict[str, Any] = {"sampler": args.sampler}
+    for item in args.overrides:
+        parts, value = parse_override(item)
+        if parts[0] == "masking":
+            parts = parts[1:]
+        if len(parts) != 1:
+            raise BootlegError(f"--set {item!r}: expected masking.FIELD=VALUE")
+        data[parts[0]] = value
+    return build_sampler(parse_masking(data), tuple(args.grid))
 
 
 def format_stats(name: str, grid: tuple[int, int], stats: dict[str, Any]) -> str:
     """Readable multi-line summary of a ``mask_stats`` dict."""
     seen, tgt = stats["seen_rate"], stats["target_rate"]
     lines = [
-        f"sampler {name} on {grid[0]}x{grid[1]}",
+        f"sampler {name} on {grid[0]}x{grid[1]} (rates count valid positions only, padding excluded)",
         f"seen rate   {100 * seen['mean']:5.1f} ± {100 * seen['std']:.1f} %",
         f"target rate {100 * tgt['mean']:5.1f} ± {100 * tgt['std']:.1f} %",
     ]

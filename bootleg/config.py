@@ -1,9 +1,18 @@
 """The whole description of a run, validated.
 
-``params.yaml`` -> ``--set key.sub=value`` overrides -> deep-merged over the method's
-preset (``bootleg.presets``) -> pydantic validation. Any preset value can be overridden.
-Errors become one-line :class:`~bootleg.errors.BootlegError` messages naming the file,
-the field and what is expected.
+``params.yaml`` -> ``--set key.sub=value`` overrides -> merged over the method's preset
+(``bootleg.presets``) -> pydantic validation. The swappable parts (mask sampler, target kind,
+predictor, loss) are registered classes selected by name (discriminated unions): their
+registries, not this module, list the names. Errors become one-line
+:class:`~bootleg.errors.BootlegError` messages naming the file, the field and what is expected.
+
+Merging follows the paper's recipes: the method's preset gives every method-specific value
+(sampler, targets, loss, predictor, optimiser, augmentation) for the model size; a file or
+``--set`` overrides only the fields it names. A section whose registered kind changes
+(``masking.sampler: random`` over a preset's ``bootleg``) replaces the preset's section instead
+of merging into it. Method-specific values of a file live under ``per_method.<method>`` and
+apply only when that method runs. Overriding ``optim.epochs`` alone scales the preset's warmup
+with it (Appendix B: "we scale the warmup duration based on the total number of epochs").
 """
 
 from __future__ import annotations
@@ -13,26 +22,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from bootleg import presets
+from bootleg.data.config import DataConfig
 from bootleg.errors import BootlegError
+from bootleg.losses import LOSSES, MSE
+from bootleg.masking import MaskingConfig
+from bootleg.masking.bootleg import BootlegParams
+from bootleg.models import PREDICTORS, ViTPredictorConfig
 from bootleg.probe.config import ProbeConfig
+from bootleg.schema import Strict, apply_override, deep_merge, describe_error, flatten
+from bootleg.targets import TARGETS, LatentTargets
+
+__all__ = ["Config", "apply_override", "build_config", "deep_merge", "dump_config", "flatten", "load_config"]
 
 Pair = tuple[float, float]
-
-
-class Strict(BaseModel):
-    """Base: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class PredictorConfig(Strict):
-    depth: int = Field(6, ge=1)
-    embed_dim: int = Field(96, ge=8)
-    num_heads: int = Field(4, ge=1)
-    reg_tokens: int = Field(4, ge=0)
+#: the fields that select a registered class, per section path
+DISCRIMINATORS: dict[tuple[str, ...], str] = {
+    ("masking",): "sampler",
+    ("targets",): "kind",
+    ("loss",): "name",
+    ("model", "predictor"): "kind",
+}
 
 
 class ModelConfig(Strict):
@@ -46,7 +58,9 @@ class ModelConfig(Strict):
     cls_token: bool = True
     reg_tokens: int = Field(4, ge=0)
     drop_path: float = Field(0.0, ge=0, lt=1)
-    predictor: PredictorConfig = PredictorConfig()
+    init: Literal["xavier", "ijepa"] = "xavier"  # ijepa: trunc-normal 0.02 with per-layer rescale
+    ema_encoder: bool = False  # keep (and export) an EMA encoder even if the targets need no teacher
+    predictor: PREDICTORS.union() = ViTPredictorConfig()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -54,43 +68,13 @@ class ModelConfig(Strict):
             raise ValueError(f"model.img_size: {self.img_size} is not a multiple of model.patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"model.embed_dim: {self.embed_dim} is not divisible by model.num_heads {self.num_heads}")
-        p = self.predictor
-        if p.embed_dim % p.num_heads:
-            raise ValueError(
-                f"model.predictor.embed_dim: {p.embed_dim} is not divisible by model.predictor.num_heads {p.num_heads}"
-            )
+        self.predictor.check()
         return self
 
     @property
     def grid(self) -> tuple[int, int]:
         n = self.img_size // self.patch_size
         return (n, n)
-
-
-class MaskingConfig(Strict):
-    """``None`` fields take the sampler's defaults (``bootleg.masking.SAMPLER_DEFAULTS``)."""
-
-    sampler: Literal["bootleg", "ijepa", "random", "cyclic", "inverse_block"] = "bootleg"
-    num_blocks: int | None = Field(None, ge=1)
-    block_scale: Pair | None = None
-    block_aspect: Pair | None = None
-    background_scale: Pair | None = None
-    min_keep: int | None = Field(None, ge=1)
-    mask_ratio: Pair | None = None
-    inverse_block_size: int | None = Field(None, ge=1)
-
-
-class TargetsConfig(Strict):
-    kind: Literal["latent", "pixels"] = "latent"
-    blocks: list[int] = [1, 4, 8, 12]
-    mid_blocks: list[int] = []
-    merge: Literal["concat", "mean"] = "concat"
-    norm_pix: bool = True
-
-
-class LossConfig(Strict):
-    name: Literal["mse", "smooth_l1", "mse_noforward"] = "mse"
-    beta: float = Field(1.0, gt=0)
 
 
 class OptimConfig(Strict):
@@ -111,19 +95,6 @@ class OptimConfig(Strict):
     clip_grad: float | None = Field(None, gt=0)
 
 
-class DataConfig(Strict):
-    name: Literal["embedded", "cifar10", "fashion_mnist", "imagefolder"] = "embedded"
-    root: str | None = None
-    download: bool = False
-    limit: int | None = Field(None, ge=1)
-    crop_scale: Pair = (0.35, 1.0)
-    crop_ratio: Pair = (0.75, 4 / 3)
-    hflip: bool = True
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    on_device: bool = True
-    num_workers: int = Field(0, ge=0)
-
-
 class RunConfig(Strict):
     seed: int = 0
     out: str = "runs/default"
@@ -133,16 +104,27 @@ class RunConfig(Strict):
     monitor_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    #: torch.compile backend; "eager" only traces (tests count recompilations with it)
+    compile_backend: str = "inductor"
+    #: CUDA graphs (torch.compile's "reduce-overhead" mode) for small models; needs static
+    #: shapes, i.e. masking.bucket set
+    cuda_graphs: bool = False
+    #: float8 matmuls in the student and predictor through torchao (H100-class GPUs)
+    float8: bool = False
+    #: scaled-dot-product attention backend; auto lets PyTorch choose
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     progress: bool = True
 
 
 class Config(Strict):
     method: Literal["bootleg", "ijepa", "mae", "data2vec"] = "bootleg"
+    #: M masks per image per step, one teacher pass for all M (data2vec 2.0's multi-mask training)
+    mask_repeats: int = Field(1, ge=1)
     model: ModelConfig = ModelConfig()
-    masking: MaskingConfig = MaskingConfig()
-    targets: TargetsConfig = TargetsConfig()
-    loss: LossConfig = LossConfig()
+    masking: MaskingConfig = BootlegParams()
+    targets: TARGETS.union() = LatentTargets()  # type: ignore[valid-type]
+    loss: LOSSES.union() = MSE()  # type: ignore[valid-type]
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
     run: RunConfig = RunConfig()
@@ -150,14 +132,12 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
-        depth = self.model.depth
-        if self.targets.kind == "latent":
-            if not self.targets.blocks and not self.targets.mid_blocks:
-                raise ValueError("targets.blocks: empty; expected at least one teacher block (1-indexed)")
-            for name in ("blocks", "mid_blocks"):
-                bad = [b for b in getattr(self.targets, name) if not 1 <= b <= depth]
-                if bad:
-                    raise ValueError(f"targets.{name}: {bad} out of range; expected blocks in 1..{depth} (model.depth)")
+        resolved = self.targets.resolve(self.model.depth)
+        if resolved is not self.targets:
+            object.__setattr__(self, "targets", resolved)  # no re-validation loop
+        self.targets.check(self.model.depth)
+        if self.run.cuda_graphs and (not self.run.compile or self.masking.bucket is None):
+            raise ValueError("run.cuda_graphs: needs run.compile=true and masking.bucket set (static shapes)")
         o = self.optim
         if o.warmup_epochs > o.epochs:
             raise ValueError(f"optim.warmup_epochs: {o.warmup_epochs} exceeds optim.epochs {o.epochs}")
@@ -165,70 +145,84 @@ class Config(Strict):
 
     def target_dim(self) -> int:
         """Length T of one patch's target vector."""
-        if self.targets.kind == "pixels":
-            return self.model.patch_size**2 * 3
-        n = len(self.targets.blocks) + len(self.targets.mid_blocks)
-        return self.model.embed_dim * (n if self.targets.merge == "concat" else 1)
+        return self.targets.dim(self.model.embed_dim, self.model.patch_size)
 
 
 # ---------------------------------------------------------------- loading
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` wins; nested dicts merge key by key. Inputs are not modified."""
+def _merge_section(base: Any, over: Any, path: tuple[str, ...]) -> Any:
+    """Deep merge in which a changed discriminator replaces the whole section."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return copy.deepcopy(over)
+    key = DISCRIMINATORS.get(path)
+    if key is not None and key in over and over[key] != base.get(key):
+        return copy.deepcopy(over)
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
+        out[k] = _merge_section(out[k], v, (*path, k)) if k in out else copy.deepcopy(v)
     return out
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``key.sub=value`` (value parsed as YAML) to ``raw`` in place."""
-    if "=" not in item:
-        raise BootlegError(f"--set {item!r}: expected key.sub=value")
-    key, _, text = item.partition("=")
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise BootlegError(f"--set {item!r}: empty key; expected key.sub=value")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
-    node = raw
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
-
-
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-    kind = err["type"]
-    got = err.get("input")
-    if kind == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if kind == "value_error":
-        return str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-    if kind == "literal_error":
-        return f"{loc}: {got!r} is not allowed; expected {err['ctx']['expected']}"
-    return f"{loc}: {err['msg'].lower()}, got {got!r}"
+def merge_over_preset(raw: dict[str, Any], source: str = "params") -> dict[str, Any]:
+    """The full raw config of ``raw``: its method's preset (for its model size), then the
+    ``per_method`` entry of that method, then the rest of ``raw``."""
+    raw = copy.deepcopy(raw)
+    method = str(raw.get("method", "bootleg"))
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    size = str(model.get("size", "small"))
+    per_method = raw.pop("per_method", None) or {}
+    if not isinstance(per_method, dict):
+        raise BootlegError(f"{source}: per_method: expected a mapping of method names to sections")
+    unknown = [m for m in per_method if m not in presets.METHODS]
+    if unknown:
+        raise BootlegError(
+            f"{source}: per_method.{unknown[0]}: unknown method; expected one of {', '.join(presets.METHODS)}"
+        )
+    base = presets.preset(method, size)
+    scoped = per_method.get(method) or {}
+    user = _merge_section(scoped, raw, ())
+    merged = _merge_section(base, user, ())
+    # Appendix B: warmup scales with the run's length in epochs
+    o_user, o_base = user.get("optim") or {}, base.get("optim") or {}
+    if "epochs" in o_user and "warmup_epochs" not in o_user and o_base.get("epochs"):
+        merged["optim"]["warmup_epochs"] = o_base["warmup_epochs"] * o_user["epochs"] / o_base["epochs"]
+    return merged
 
 
 def build_config(raw: dict[str, Any], source: str = "params") -> Config:
     """Merge ``raw`` over its method's preset and validate."""
     if not isinstance(raw, dict):
         raise BootlegError(f"{source}: expected a mapping of sections (method, model, ...), got {type(raw).__name__}")
-    method = raw.get("method", "bootleg")
-    size = (raw.get("model") or {}).get("size", "small") if isinstance(raw.get("model"), dict) else "small"
-    merged = deep_merge(presets.preset(str(method), str(size)), raw)
+    merged = merge_over_preset(raw, source)
     try:
         return Config.model_validate(merged)
     except ValidationError as e:
-        raise BootlegError(f"{source}: {_describe(e.errors()[0])}") from None
+        raise BootlegError(f"{source}: {describe_error(_untagged(e.errors()[0], merged))}") from None
+
+
+def _untagged(err: Any, merged: dict[str, Any]) -> dict[str, Any]:
+    """Drop the union tag pydantic puts in an error's location (``targets.pixels.blocks`` ->
+    ``targets.blocks``) and say which kind was selected."""
+    loc = list(err["loc"])
+    for path, key in DISCRIMINATORS.items():
+        n = len(path)
+        node: Any = merged
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if tuple(loc[:n]) == path and len(loc) > n and isinstance(node, dict) and loc[n] == node.get(key):
+            err = {**err, "loc": (*loc[:n], *loc[n + 1 :])}
+            if err["type"] == "extra_forbidden":
+                where = ".".join(path)
+                err = {
+                    **err,
+                    "type": "value_error",
+                    "ctx": {
+                        "error": f"{'.'.join(map(str, err['loc']))}: unknown key for {where}.{key}={node.get(key)}"
+                    },
+                }
+            break
+    return err
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
@@ -253,19 +247,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         apply_override(raw, item)
     return build_config(raw, str(path) if path is not None else "defaults")
-
-
-def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model.depth": 12, ...}`` — for tracking params and sweeps."""
-    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def dump_config(cfg: Config) -> str:

@@ -16,22 +16,29 @@ from typing import Any
 import torch
 
 from bootleg.errors import BootlegError
-from bootleg.masking import Masks, MaskSampler, mask_seed
+from bootleg.masking import Masks, MaskSampler, StepMasks, mask_seed
 
 __all__ = ["block_shapes", "enc_mask", "example_image", "mask_stats", "plot_masks", "union_mask"]
 
 
+def _scatter(idx: torch.Tensor, valid: torch.Tensor | None, num_patches: int) -> torch.Tensor:
+    """``(B, H*W)`` bool: the patches at the valid positions of ``idx`` ``(B, ...)``."""
+    b = idx.shape[0]
+    idx = idx.reshape(b, -1)
+    if valid is None:
+        return torch.zeros(b, num_patches, dtype=torch.bool).scatter_(1, idx, True)
+    hits = torch.zeros(b, num_patches, dtype=torch.long).scatter_add_(1, idx, valid.reshape(b, -1).long())
+    return hits > 0
+
+
 def union_mask(masks: Masks, num_patches: int) -> torch.Tensor:
-    """``(B, H*W)`` bool: patches in any target region."""
-    b = masks.pred_idx.shape[0]
-    out = torch.zeros(b, num_patches, dtype=torch.bool)
-    return out.scatter_(1, masks.pred_idx.reshape(b, -1), True)
+    """``(B, H*W)`` bool: patches in any target region (valid positions only)."""
+    return _scatter(masks.pred_idx, masks.pred_valid, num_patches)
 
 
 def enc_mask(masks: Masks, num_patches: int) -> torch.Tensor:
-    """``(B, H*W)`` bool: patches given to the encoder."""
-    b = masks.enc_idx.shape[0]
-    return torch.zeros(b, num_patches, dtype=torch.bool).scatter_(1, masks.enc_idx, True)
+    """``(B, H*W)`` bool: patches given to the encoder (valid positions only)."""
+    return _scatter(masks.enc_idx, masks.enc_valid, num_patches)
 
 
 def block_shapes(pred_idx: torch.Tensor, width: int) -> torch.Tensor:
@@ -51,10 +58,15 @@ def _mean_std(values: torch.Tensor) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": float(v.std(unbiased=False))}
 
 
-def mask_stats(sampler: MaskSampler, batch_size: int, batches: int, seed: int) -> dict[str, Any]:
-    """Sample ``batches`` batches of ``batch_size`` masks and summarise them.
+def mask_stats(
+    sampler: MaskSampler, batch_size: int, batches: int, seed: int, group_size: int | None = None
+) -> dict[str, Any]:
+    """Sample ``batches`` micro-batches of ``batch_size`` masks and summarise them.
 
-    Batch ``i`` uses a generator seeded with ``mask_seed(seed, 0, i)``.
+    Micro-batch ``i`` is ``StepMasks(sampler, batch_size, seed, 0, group_size)(0, i)``: masks
+    are sampled per group of ``group_size`` images (``None``: the sampler's ``masking.group_size``,
+    or ``batch_size`` for a sampler built without params), and only valid (non-padding) positions are counted. With
+    ``group_size == batch_size``, batch ``i`` uses a generator seeded with ``mask_seed(seed, 0, i)``.
 
     Returns a dict with exactly these keys:
 
@@ -62,7 +74,7 @@ def mask_stats(sampler: MaskSampler, batch_size: int, batches: int, seed: int) -
       (rows) and width ``W`` (columns), over all blocks sampled. Only for multi-block
       samplers (``num_regions > 1``); ``{}`` for single-region samplers (random, cyclic,
       inverse block), whose region is not one rectangle.
-    * ``seen_rate``: ``{"mean", "std"}`` over samples of ``L / (H*W)`` (after truncation).
+    * ``seen_rate``: ``{"mean", "std"}`` over samples of the valid ``L / (H*W)`` (after truncation).
     * ``target_rate``: ``{"mean", "std"}`` over samples of ``|union of regions| / (H*W)``.
     * ``visible_frequency``: ``H`` lists of ``W`` floats, fraction of samples in which
       the patch is given to the encoder.
@@ -76,9 +88,9 @@ def mask_stats(sampler: MaskSampler, batch_size: int, batches: int, seed: int) -
     seen, target = [], []
     vis_count = torch.zeros(n, dtype=torch.float64)
     tgt_count = torch.zeros(n, dtype=torch.float64)
+    step = StepMasks(sampler, batch_size, seed, 0, group_size or sampler.group_size or batch_size)
     for i in range(batches):
-        generator = torch.Generator().manual_seed(mask_seed(seed, 0, i))
-        masks = sampler(batch_size, generator)
+        masks = step(0, i)
         enc = enc_mask(masks, n)
         tgt = union_mask(masks, n)
         seen.append(enc.sum(1))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from bootleg.config import Config
+from bootleg.models import ViTEncoder, split_prefix
+from bootleg.models.encoder import vit_flops
 
 
 @torch.no_grad()
@@ -18,28 +20,32 @@ def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def _vit_flops(tokens: float, dim: int, depth: int, seq: float, mlp_ratio: float = 4.0) -> float:
-    """Forward FLOPs of ``depth`` ViT blocks on ``tokens`` tokens in sequences of ``seq``:
-    2 FLOPs per weight per token (qkv + proj + MLP) plus QK^T and AV."""
-    weights = (4 + 2 * mlp_ratio) * dim * dim
-    return depth * tokens * (2 * weights + 4 * seq * dim)
+@torch.no_grad()
+def collapse_monitors(
+    encoder: ViTEncoder, images: torch.Tensor, pred: torch.Tensor, target: torch.Tensor
+) -> dict[str, float]:
+    """Prediction / target std over tokens (mean over channels), and RankMe of the exported
+    encoder's (teacher's, or the student's for MAE) mean-patch embeddings of this batch."""
+    _, patches = split_prefix(encoder(images), encoder.num_prefix_tokens)
+    z = patches.float().mean(1)
+    return {
+        "pred_std": float(pred.float().flatten(0, -2).std(0).mean()),
+        "target_std": float(target.float().flatten(0, -2).std(0).mean()),
+        "rankme": rankme(z),
+    }
 
 
 def step_flops(cfg: Config, enc_len: int, k: int, p: int, batch: int) -> float:
     """FLOPs of one training step on ``batch`` images: student and predictor forward +
     backward (x3), teacher forward up to its deepest target block (x1)."""
-    m, pr = cfg.model, cfg.model.predictor
+    m = cfg.model
     prefix = int(m.cls_token) + m.reg_tokens
     n = (m.img_size // m.patch_size) ** 2
     s_seq = prefix + enc_len
-    student = _vit_flops(batch * s_seq, m.embed_dim, m.depth, s_seq, m.mlp_ratio)
-    p_seq = pr.reg_tokens + int(m.cls_token) + enc_len + p
-    predictor = _vit_flops(batch * k * p_seq, pr.embed_dim, pr.depth, p_seq, m.mlp_ratio)
-    predictor += 2 * batch * k * p * pr.embed_dim * cfg.target_dim()
-    teacher = 0.0
-    if cfg.targets.kind == "latent":
-        depth = max([*cfg.targets.blocks, *cfg.targets.mid_blocks])
-        teacher = _vit_flops(batch * (prefix + n), m.embed_dim, depth, prefix + n, m.mlp_ratio)
+    student = vit_flops(batch * s_seq, m.embed_dim, m.depth, s_seq, m.mlp_ratio)
+    predictor = batch * m.predictor.flops_per_image(enc_len, k, p, int(m.cls_token), cfg.target_dim(), m.mlp_ratio)
+    depth = cfg.targets.teacher_depth()
+    teacher = vit_flops(batch * (prefix + n), m.embed_dim, depth, prefix + n, m.mlp_ratio) if depth else 0.0
     return 3 * (student + predictor) + teacher
 
 

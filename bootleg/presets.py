@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bootleg.targets import every_fourth_block
+
 METHODS = ("bootleg", "ijepa", "mae", "data2vec")
 
 #: encoder shapes: (embed_dim, depth, num_heads)
@@ -44,12 +46,7 @@ PREDICTORS: dict[str, dict[str, tuple[int, int, int]]] = {
         "large": (8, 512, 16),
     },
 }
-PREDICTORS["data2vec"] = PREDICTORS["bootleg"]  # the paper swaps d2v2's CNN for this ViT
-
-
-def every_fourth_block(depth: int) -> list[int]:
-    """Bootleg's rule of thumb (Sec. 4): blocks 1, 4, 8, ... up to ``depth``."""
-    return [1, *range(4, depth + 1, 4)] if depth >= 4 else list(range(1, depth + 1))
+PREDICTORS["data2vec"] = PREDICTORS["bootleg"]  # section 6.2's "+our ViT predictor" variant of data2vec 2.0
 
 
 def last_blocks(depth: int, n: int = 10) -> list[int]:
@@ -70,7 +67,7 @@ def _encoder(size: str, cls: bool, regs: int) -> dict[str, Any]:
 
 def _predictor(method: str, size: str, regs: int) -> dict[str, Any]:
     depth, dim, heads = PREDICTORS[method][size]
-    return {"depth": depth, "embed_dim": dim, "num_heads": heads, "reg_tokens": regs}
+    return {"kind": "vit", "depth": depth, "embed_dim": dim, "num_heads": heads, "reg_tokens": regs}
 
 
 def preset(method: str, size: str) -> dict[str, Any]:
@@ -118,10 +115,12 @@ def preset(method: str, size: str) -> dict[str, Any]:
         return {
             "model": {
                 **_encoder(size, False, 0),
+                "init": "ijepa",  # trunc-normal 0.02, per-layer rescale (I-JEPA's _init_weights + fix_init_weight)
                 "predictor": _predictor(method, size, 0),
             },
             "masking": {"sampler": "ijepa"},
-            "targets": {"kind": "latent", "blocks": [depth], "merge": "concat"},
+            # I-JEPA's code: layer_norm(target_encoder(x)), i.e. the final block after the encoder's norm
+            "targets": {"kind": "latent", "blocks": [depth], "merge": "concat", "norm": "final"},
             "loss": {"name": "smooth_l1"},
             "optim": {
                 "epochs": 600,
@@ -150,10 +149,10 @@ def preset(method: str, size: str) -> dict[str, Any]:
                 "predictor": _predictor(method, size, 0),
             },
             "masking": {"sampler": "random"},
-            "targets": {"kind": "pixels", "blocks": [], "norm_pix": True},
+            "targets": {"kind": "pixels", "norm_pix": True},
             "loss": {"name": "mse"},
             "optim": {
-                "epochs": 1600,
+                "epochs": 800 if small else 1600,  # Table 1: ViT-S 800, ViT-B/L 1600
                 "warmup_epochs": 40,
                 "batch_size": 4096,
                 "lr_ref_batch": 4096,
@@ -172,9 +171,41 @@ def preset(method: str, size: str) -> dict[str, Any]:
                 "interpolation": "bicubic",
             },
         }
-    # data2vec-style: inverse-block masks, mean of the last 10 z-scored blocks, ViT predictor.
-    base = preset("bootleg", size)
-    base["masking"] = {"sampler": "inverse_block"}
-    base["targets"] = {"kind": "latent", "blocks": last_blocks(depth), "merge": "mean"}
-    base["optim"].update({"ema_init": 0.9998, "ema_final": 0.99999})
-    return base
+    # data2vec 2.0 (Baevski et al., 2023) for images, as its released image config sets it:
+    # inverse-block masks (80%, blocks of 3), M = 16 masks per teacher pass on batches of 512,
+    # targets = the MLP residual-branch outputs of the last 10 blocks, each instance-normalised,
+    # averaged, then layer-normalised; a light grouped-conv decoder; AdamW (0.9, 0.95), wd 0.05,
+    # lr 1e-3 at batch 512 with a short warmup; EMA 0.9998 -> 0.99999. Epochs: 200, as in Table 1.
+    dim = ENCODERS[size][0]
+    return {
+        "mask_repeats": 16,
+        "model": {
+            **_encoder(size, True, 0),
+            "predictor": {"kind": "conv", "depth": 6, "embed_dim": dim, "kernel": 3, "groups": 16},
+        },
+        "masking": {"sampler": "inverse_block"},
+        "targets": {
+            "kind": "latent",
+            "blocks": [],
+            "mlp_branch": last_blocks(depth),
+            "merge": "mean",
+            "norm": "instance",
+            "post_norm": True,
+        },
+        "loss": {"name": "mse"},
+        "optim": {
+            "epochs": 200,
+            "warmup_epochs": 20,
+            "batch_size": 512,
+            "lr_ref_batch": 512,
+            "lr_init": 0.0,
+            "lr_max": 1e-3,
+            "lr_final": 0.0,
+            "wd_init": 0.05,
+            "wd_final": 0.05,
+            "betas": [0.9, 0.95],
+            "ema_init": 0.9998,
+            "ema_final": 0.99999,
+        },
+        "data": {"crop_scale": [0.08, 1.0], "hflip": True, "interpolation": "bicubic"},
+    }

@@ -35,9 +35,8 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{loc}: {got!r} is not allowed; expected {err['ctx']['expected']}"
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
-        return f"{loc}.{ctx.get('discriminator', '')}: {ctx.get('tag')!r} is not allowed; expected {ctx.get('expected_tags')}".replace(
-            ".'", "."
-        )
+        key = str(ctx.get("discriminator", "")).strip("'")
+        return f"{loc}.{key}: {ctx.get('tag')!r} is not allowed; expected {ctx.get('expected_tags')}"
     return f"{loc}: {err['msg'].lower()}, got {got!r}"
 
 

@@ -1,7 +1,13 @@
 """Pretraining loop: one loop for every method, exact resume, DDP through torchrun.
 
-Inside the step there is no host synchronisation: losses are accumulated on the device
-and read (``.item()``) only at logging steps, where a non-finite loss stops the run.
+The path of one batch: ``self.stream`` yields ``(images, masks)`` (a pure function of
+``(seed, epoch, batch, rank)``) -> :meth:`Trainer.micro_step` runs ``Engine.forward`` (targets,
+student, predictor, loss: the whole method, in ``bootleg/engine.py``) under autocast and DDP's
+``no_sync``, then backward -> :meth:`Trainer.train_step` steps the optimiser, updates the EMA
+teacher and advances the step -> :meth:`Trainer.run` logs (loss, images/s, MFU) and checkpoints.
+
+Inside the step there is no host synchronisation: losses are accumulated on the device and
+read (``.item()``) only at logging steps, where a non-finite loss stops the run.
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from bootleg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from bootleg.config import Config, dump_config
+from bootleg.data import build_stream
 from bootleg.engine import Engine
 from bootleg.errors import BootlegError
-from bootleg.export import ENCODER_FILE, atomic_write_bytes, save_encoder
-from bootleg.masking import Masks, build_sampler
-from bootleg.monitors import rankme
+from bootleg.export import ENCODER_FILE, save_encoder
+from bootleg.io import atomic_write_text, resolve_device
+from bootleg.masking import Masks, StepMasks, build_sampler
+from bootleg.monitors import collapse_monitors, peak_flops, step_flops
 from bootleg.schedules import ema_at, lr_at, warmup_steps, wd_at
 
 Callback = Callable[[dict[str, Any]], None]
@@ -59,15 +68,6 @@ def init_distributed(device_kind: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BootlegError("run.device: 'cuda' requested but no CUDA device is available; expected 'cpu' or 'auto'")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 @dataclass
 class Plan:
     """Step counts derived from the config and the dataset."""
@@ -80,22 +80,28 @@ class Plan:
     lr_scale: float
 
 
-def make_plan(cfg: Config, world: int, dataset_micro_steps: Callable[[int], int]) -> Plan:
-    o = cfg.optim
-    per_step = world * o.accum_steps
-    if o.batch_size % per_step:
+def micro_batch_size(cfg: Config, world: int) -> int:
+    """Per-rank images of one accumulation step: ``batch_size / (world x accum_steps)``."""
+    per_step = world * cfg.optim.accum_steps
+    if cfg.optim.batch_size % per_step:
         raise BootlegError(
-            f"optim.batch_size: {o.batch_size} is not divisible by world size x optim.accum_steps = {per_step}"
+            f"optim.batch_size: {cfg.optim.batch_size} is not divisible by world size x optim.accum_steps = {per_step}"
         )
-    micro = o.batch_size // per_step
-    spe = dataset_micro_steps(micro) // o.accum_steps
+    return cfg.optim.batch_size // per_step
+
+
+def make_plan(cfg: Config, world: int, micro_steps_per_epoch: int) -> Plan:
+    o = cfg.optim
+    spe = micro_steps_per_epoch // o.accum_steps
     if spe < 1:
         raise BootlegError(
             f"optim.batch_size: {o.batch_size} is larger than the dataset ({cfg.data.name}); expected a smaller batch"
         )
     total = cfg.run.steps or o.epochs * spe
     scale = o.batch_size / o.lr_ref_batch if o.lr_ref_batch else 1.0
-    return Plan(total, warmup_steps(total, o.warmup_epochs, o.epochs), micro, o.accum_steps, spe, scale)
+    return Plan(
+        total, warmup_steps(total, o.warmup_epochs, o.epochs), micro_batch_size(cfg, world), o.accum_steps, spe, scale
+    )
 
 
 def make_optimizer(engine: Engine, cfg: Config, device: torch.device) -> torch.optim.AdamW:
@@ -117,6 +123,45 @@ def set_schedules(opt: torch.optim.Optimizer, cfg: Config, plan: Plan, step: int
     return lr, wd, ema_at(step, plan.total, o.ema_init, o.ema_final)
 
 
+def compile_engine(engine: Engine, cfg: Config) -> torch.nn.Module:
+    """``torch.compile`` of the whole step. Bucketed masks (``masking.bucket``) give a handful of
+    static shapes, compiled once each (and CUDA graphs become possible); without buckets the
+    mask lengths vary every batch, so the shapes are marked dynamic."""
+    static = cfg.masking.bucket is not None
+    mode = "reduce-overhead" if cfg.run.cuda_graphs else None
+    return torch.compile(engine, dynamic=not static, backend=cfg.run.compile_backend, mode=mode)
+
+
+def attention_backend(name: str) -> Any:
+    """A context that pins scaled-dot-product attention to one backend (``auto``: PyTorch's choice)."""
+    if name == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
+    return sdpa_kernel(backend)
+
+
+def enable_float8(engine: Engine, device: torch.device) -> None:
+    """Swap the student's and predictor's linear layers for torchao's float8 training linears."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise BootlegError("run.float8: needs a CUDA GPU with float8 support (H100/H200, L40S); set it to false")
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        raise BootlegError("run.float8: needs torchao (pip install torchao); set it to false") from None
+
+    def wanted(module: torch.nn.Module, fqn: str) -> bool:  # float8 needs dims divisible by 16
+        return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    convert_to_float8_training(engine.online, module_filter_fn=wanted)
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -135,32 +180,13 @@ def _trim_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
-
-
-@torch.no_grad()
-def collapse_monitors(
-    engine: Engine, images: torch.Tensor, pred: torch.Tensor, target: torch.Tensor
-) -> dict[str, float]:
-    """Prediction / target std over tokens (mean over channels) and RankMe of the
-    teacher's (or student's) mean-patch embeddings of this batch."""
-    enc = engine.export_encoder()
-    out, _ = enc(images)
-    assert out is not None
-    z = out[:, enc.num_prefix_tokens :].float().mean(1)
-    return {
-        "pred_std": float(pred.float().flatten(0, -2).std(0).mean()),
-        "target_std": float(target.float().flatten(0, -2).std(0).mean()),
-        "rankme": rankme(z),
-    }
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 class Trainer:
     """State and steps of one pretraining run. Use :func:`pretrain`."""
 
     def __init__(self, cfg: Config, out: Path, resume: bool, callbacks: Sequence[Callback]) -> None:
-        from bootleg.data import build_stream
-
         self.cfg, self.out, self.callbacks = cfg, out, list(callbacks)
         kind = "cuda" if cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist = init_distributed(kind)
@@ -179,31 +205,27 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.engine = Engine(cfg).to(self.device)
         self.sampler = build_sampler(cfg.masking, cfg.model.grid)
-
-        def micro_steps(micro: int) -> int:
-            self.stream = build_stream(
-                cfg.data,
-                cfg.model.img_size,
-                micro,
-                self.sampler,
-                cfg.run.seed,
-                self.dist.rank,
-                self.dist.world,
-                self.device,
-            )
-            return self.stream.steps_per_epoch
-
-        self.plan = make_plan(cfg, self.dist.world, micro_steps)
+        micro = micro_batch_size(cfg, self.dist.world)
+        masks = StepMasks(self.sampler, micro * cfg.mask_repeats, cfg.run.seed, self.dist.rank)
+        self.stream = build_stream(
+            cfg.data, cfg.model.img_size, micro, masks, cfg.run.seed, self.dist.rank, self.dist.world, self.device
+        )
+        self.plan = make_plan(cfg, self.dist.world, self.stream.steps_per_epoch)
         self.opt = make_optimizer(self.engine, cfg, self.device)
         self.step = 0
         if resume and ckpt_path.exists():
             self._load(ckpt_path)
-        self.model: torch.nn.Module = self.engine.online
+        # what runs the step: the engine, compiled and/or wrapped by DDP (the engine itself is
+        # what is saved, so checkpoints never see the wrappers)
+        self.model: torch.nn.Module = self.engine
+        if cfg.run.float8:
+            enable_float8(self.engine, self.device)
         if cfg.run.compile:
-            self.model = torch.compile(self.model, dynamic=True)
-            self.engine.teacher = torch.compile(self.engine.teacher, dynamic=True) if self.engine.teacher else None
+            self.model = compile_engine(self.engine, cfg)
         if self.dist.world > 1:
             self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+        self.peak_flops = peak_flops(self.device)
+        self._shape: tuple[int, int, int] = (0, 0, 0)  # (L, K, P) of the last micro-batch, for MFU
 
     # -------------------------------------------------------------- state
     def _load(self, path: Path) -> None:
@@ -225,52 +247,55 @@ class Trainer:
     def save(self) -> None:
         if not self.dist.main:
             return
-        engine = self.engine
-        teacher = engine.teacher
-        if teacher is not None and hasattr(teacher, "_orig_mod"):
-            engine.teacher = teacher._orig_mod  # type: ignore[assignment]
         state = {
             "step": self.step,
-            "engine": engine.state_dict(),
+            "engine": self.engine.state_dict(),
             "optimizer": self.opt.state_dict(),
             "rng": rng_state(),
             "config": self.cfg.model_dump(mode="json"),
         }
-        engine.teacher = teacher
         save_checkpoint(self.out / CHECKPOINT_FILE, state)
 
     # -------------------------------------------------------------- steps
     def micro_step(self, images: torch.Tensor, masks: Masks, want_value: bool, sync: bool) -> tuple[torch.Tensor, ...]:
-        """Forward + backward of one micro-batch. Returns detached (loss, pred, target)."""
+        """Forward (``Engine.forward``) + backward of one micro-batch. Returns detached (loss, pred, target)."""
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         no_sync = self.model.no_sync() if (self.dist.world > 1 and not sync) else nullcontext()
         with no_sync:
-            with amp:
-                target = self.engine.targets(images, masks.pred_idx)
-                pred = self.model(images, masks.enc_idx, masks.pred_idx)
-                loss = self.engine.loss(pred, target, want_value)
+            with amp, attention_backend(self.cfg.run.attention):
+                loss, pred, target = self.model(images, masks, want_value)
             (loss / self.plan.accum).backward()
+        self._shape = (masks.enc_idx.shape[1], *masks.pred_idx.shape[1:])
         return loss.detach(), pred.detach(), target
 
     def train_step(
         self, batches: Iterator[tuple[torch.Tensor, Masks]], want_value: bool, monitor: bool
     ) -> dict[str, Any]:
+        """One optimiser step: ``accum`` micro-batches, clip, AdamW, EMA update."""
         lr, wd, ema = set_schedules(self.opt, self.cfg, self.plan, self.step)
         loss_sum = torch.zeros((), device=self.device)
         for a in range(self.plan.accum):
             images, masks = next(batches)
             loss, pred, target = self.micro_step(images, masks, want_value, sync=a == self.plan.accum - 1)
             loss_sum += loss
-        if self.cfg.optim.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.engine.online.parameters(), self.cfg.optim.clip_grad)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.engine.update_teacher(ema)
+        with record_function("bootleg.optimizer"):
+            if self.cfg.optim.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.engine.online.parameters(), self.cfg.optim.clip_grad)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.engine.update_teacher(ema)
         self.step += 1
         out: dict[str, Any] = {"loss_t": loss_sum / self.plan.accum, "lr": lr, "wd": wd, "ema": ema}
         if monitor:
-            out.update(collapse_monitors(self.engine, images, pred, target))
+            out.update(collapse_monitors(self.engine.export_encoder(), images, pred, target))
         return out
+
+    def mfu(self, images_per_s: float) -> float | None:
+        """Model FLOPs utilisation at ``images_per_s`` (FLOPs counted as ``bench/step.py`` does)."""
+        if not self.peak_flops or not self._shape[0]:
+            return None
+        per_image = step_flops(self.cfg, *self._shape, batch=1)
+        return per_image * images_per_s * self.dist.world / self.peak_flops
 
     # -------------------------------------------------------------- loop
     def run(self, stop_at: int | None = None) -> Path:
@@ -279,7 +304,7 @@ class Trainer:
         metrics_path = self.out / METRICS_FILE
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(dump_config(cfg)))
+            atomic_write_text(self.out / CONFIG_FILE, dump_config(cfg))
             _trim_metrics(metrics_path, self.step)
         batches = self.stream.batches(self.step * plan.accum)
         bar = _progress(main and cfg.run.progress, self.step, plan.total)
@@ -303,13 +328,18 @@ class Trainer:
                     # with the no-forward loss only the logging step's value is real
                     loss = float(loss_t) if noforward else float(run_loss) / run_n
                     dt = time.perf_counter() - t0
+                    ips = (self.step - s0) * images_per_step / max(dt, 1e-9)
                     record = {
                         "step": self.step,
                         "epoch": self.step / plan.steps_per_epoch,
                         "loss": loss,
                         **rec,
-                        "images_per_s": (self.step - s0) * images_per_step / max(dt, 1e-9),
+                        "images_per_s": ips,
+                        **({"bad_images": self.stream.bad_images} if self.stream.streaming else {}),
                     }
+                    mfu = self.mfu(ips / self.dist.world)
+                    if mfu is not None:
+                        record["mfu"] = mfu
                     if not math.isfinite(loss):
                         raise NonFiniteLoss(
                             f"loss is {loss} at step {self.step}; lower optim.lr_max or check the data "
@@ -329,14 +359,12 @@ class Trainer:
             if bar is not None:
                 bar.close()
         if main and self.step == plan.total:
-            save_encoder(self.engine_export(), self.out / ENCODER_FILE, {"method": cfg.method, "step": str(self.step)})
+            save_encoder(
+                self.engine.export_encoder(), self.out / ENCODER_FILE, {"method": cfg.method, "step": str(self.step)}
+            )
         if self.dist.world > 1:
             dist.barrier()
         return self.out
-
-    def engine_export(self):  # noqa: ANN201
-        enc = self.engine.export_encoder()
-        return getattr(enc, "_orig_mod", enc)
 
     def _emit(self, record: dict[str, Any], path: Path, bar: Any) -> None:
         if not self.dist.main:
@@ -344,7 +372,8 @@ class Trainer:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if bar is not None:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}", refresh=False)
+            extra = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}", **extra, refresh=False)
         for cb in self.callbacks:
             cb(record)
 
@@ -390,5 +419,5 @@ def export_checkpoint(run_dir: str | Path, dst: str | Path) -> Path:
     engine.load_state_dict(state["engine"])
     dst.mkdir(parents=True, exist_ok=True)
     save_encoder(engine.export_encoder(), dst / ENCODER_FILE, {"method": cfg.method, "step": str(state["step"])})
-    atomic_write_bytes(dst / CONFIG_FILE, lambda tmp: Path(tmp).write_text(dump_config(cfg)))
+    atomic_write_text(dst / CONFIG_FILE, dump_config(cfg))
     return dst

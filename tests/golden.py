@@ -62,8 +62,24 @@ def mask_stats_json(sampler: str) -> dict:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["masks", "stats", "--sampler", sampler, "--grid", "14", "14", "--batch-size", "64",
-                   "--batches", "8", "--seed", "0", "--json"])
+        rc = main(
+            [
+                "masks",
+                "stats",
+                "--sampler",
+                sampler,
+                "--grid",
+                "14",
+                "14",
+                "--batch-size",
+                "64",
+                "--batches",
+                "8",
+                "--seed",
+                "0",
+                "--json",
+            ]
+        )
     assert rc == 0
     return json.loads(buf.getvalue())
 

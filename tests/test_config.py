@@ -41,7 +41,11 @@ def test_ijepa_and_mae_presets():
     mae = build_config({"method": "mae", "model": {"size": "base"}})
     assert mae.targets.kind == "pixels" and mae.target_dim() == 768 and mae.masking.sampler == "random"
     d2v = build_config({"method": "data2vec", "model": {"size": "base"}})
-    assert d2v.targets.merge == "mean" and d2v.targets.blocks == list(range(3, 13)) and d2v.target_dim() == 768
+    # data2vec 2.0: mean of the instance-normed MLP-branch outputs of the last 10 blocks, M = 16, conv decoder
+    t = d2v.targets
+    assert (t.merge, t.norm, t.post_norm, t.blocks, t.mlp_branch) == ("mean", "instance", True, [], list(range(3, 13)))
+    assert d2v.target_dim() == 768 and d2v.mask_repeats == 16 and d2v.model.predictor.kind == "conv"
+    assert d2v.masking.sampler == "inverse_block"
 
 
 def test_overrides_win_over_presets(tmp_path):
@@ -86,3 +90,60 @@ def test_flatten_round_trip():
     assert flat["model.predictor.depth"] == cfg.model.predictor.depth
     assert flat["method"] == "bootleg"
     assert Config.model_validate(cfg.model_dump()) == cfg
+
+
+PRESET_SECTIONS = ("model", "masking", "targets", "loss", "optim", "data")
+
+
+def _sections(cfg):
+    d = cfg.model_dump(mode="json")
+    return {k: d[k] for k in PRESET_SECTIONS}
+
+
+@pytest.mark.parametrize("method", ["bootleg", "ijepa", "mae", "data2vec"])
+def test_a_method_switch_gives_that_method(method):
+    """--set method=X on the root params.yaml (and an ablation-style variant) is X's preset for the
+    model size, plus only what the file or the run states on purpose."""
+    root = "params.yaml"
+    want = build_config({"method": method, "model": {"size": "micro", "img_size": 32, "patch_size": 4}})
+    got = load_config(root, [f"method={method}"])
+    a, b = flatten(_sections(want)), flatten(_sections(got))
+    diff = {k for k in a if a[k] != b[k]}
+    stated = {"optim.epochs", "optim.batch_size", "optim.lr_ref_batch", "optim.warmup_epochs"}
+    if method == "bootleg":  # the root file's per_method.bootleg values
+        stated |= {"optim.lr_init", "optim.lr_max", "optim.lr_final"}
+    assert diff <= stated, f"{method}: unexpected differences {sorted(diff - stated)}"
+    # a variant that changes the method through a mapping behaves the same
+    from bootleg.config import read_params
+    from bootleg.schema import deep_merge
+
+    raw = deep_merge(read_params(root), {"method": method})
+    assert build_config(raw).model_dump() == got.model_dump()
+
+
+def test_a_kind_change_replaces_the_preset_section_and_blocks_follow_depth():
+    cfg = build_config({"method": "bootleg", "model": {"size": "micro"}, "masking": {"sampler": "random"}})
+    assert cfg.masking.sampler == "random"
+    cfg = build_config({"method": "mae", "model": {"size": "base"}, "targets": {"kind": "latent"}})
+    assert cfg.targets.blocks == [1, 4, 8, 12]  # every 4th block, from the model's depth
+    cfg = build_config({"method": "mae", "model": {"size": "large"}, "targets": {"kind": "latent"}})
+    assert cfg.targets.blocks == [1, 4, 8, 12, 16, 20, 24]
+    with pytest.raises(BootlegError, match=r"targets.blocks: unknown key for targets.kind=pixels"):
+        build_config({"method": "mae", "targets": {"blocks": [1]}})
+
+
+def test_warmup_follows_the_runs_length_in_epochs():
+    full = build_config({"method": "bootleg", "model": {"size": "base"}})
+    assert (full.optim.epochs, full.optim.warmup_epochs) == (600, 105)
+    half = build_config({"method": "bootleg", "model": {"size": "base"}, "optim": {"epochs": 300}})
+    assert half.optim.warmup_epochs == pytest.approx(52.5)
+    stated = build_config({"method": "bootleg", "optim": {"epochs": 300, "warmup_epochs": 10}})
+    assert stated.optim.warmup_epochs == 10
+
+
+def test_per_method_values_apply_only_to_their_method():
+    raw = {"method": "mae", "per_method": {"bootleg": {"optim": {"lr_max": 0.5}}}}
+    assert build_config(raw).optim.lr_max == 1.2e-3
+    assert build_config({**raw, "method": "bootleg"}).optim.lr_max == 0.5
+    with pytest.raises(BootlegError, match="per_method.dino: unknown method"):
+        build_config({"per_method": {"dino": {}}})

@@ -17,24 +17,27 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bootleg.config import DataConfig, MaskingConfig
+from bootleg.config import DataConfig
 from bootleg.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageSet,
-    TrainStream,
+    Items,
+    MemoryStream,
     batch_augment,
     build_stream,
     dataset_fingerprint,
     eval_transform,
-    load_imagefolder,
     load_images,
+    open_split,
+    readers,
 )
-from bootleg.data import datasets as ds_mod
+from bootleg.data import fingerprint as fp_mod
+from bootleg.data import sources as ds_mod
 from bootleg.data.augment import apply_augment, random_resized_crop_params, sample_augment_params
-from bootleg.data.stream import epoch_order
+from bootleg.data.order import epoch_order
 from bootleg.errors import BootlegError
-from bootleg.masking import Masks, build_sampler
+from bootleg.masking import Masks, StepMasks, build_sampler
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 CIFAR_TAR = SHARED / "cifar10" / "cifar10-jpg.tar.gz"
@@ -120,7 +123,7 @@ def test_cifar10_from_shared_tarball_is_cached(tmp_cache: Path) -> None:
     first = time.perf_counter() - t
     assert train.images.shape == (50000, 3, 32, 32) and train.images.dtype == torch.uint8
     assert train.labels.bincount().tolist() == [5000] * 10
-    assert train.classes == list(ds_mod.CIFAR10_CLASSES)
+    assert train.classes == list(readers.CIFAR10_CLASSES)
     assert list(tmp_cache.glob("cifar10-*-train.pt")) and list(tmp_cache.glob("cifar10-*-test.pt"))
     t = time.perf_counter()
     again = load_images("cifar10", "train", root=str(CIFAR_TAR.parent))  # the folder holding it
@@ -212,8 +215,9 @@ def test_imagefolder_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     _write_folder(tmp_path / "mixed", {"train": [(10, 14), (12, 12), (16, 9)]})
     with pytest.raises(BootlegError, match="several sizes"):
         load_images("imagefolder", root=str(tmp_path / "mixed"))
-    folder = load_imagefolder(tmp_path / "mixed", "train")
-    assert len(folder) == 3 and folder.classes == ["a", "b"]
+    folder = open_split("imagefolder", "train", str(tmp_path / "mixed"))
+    assert isinstance(folder, Items) and len(folder) == 3 and folder.classes == ["a", "b"]
+    assert folder.name(0).endswith("000.png") and [folder.label(i) for i in range(3)] == [0, 0, 1]
     # too many files: load_images refuses
     monkeypatch.setattr(ds_mod, "IMAGEFOLDER_MAX_FILES", 5)
     with pytest.raises(BootlegError, match="too large"):
@@ -313,7 +317,11 @@ def _cfg(**kw) -> DataConfig:
     return DataConfig(**base)
 
 
-SAMPLER = build_sampler(MaskingConfig(), (8, 8))
+SAMPLER = build_sampler({"sampler": "bootleg"}, (8, 8))
+
+
+def _stream(cfg: DataConfig, size: int, B: int, seed: int, rank: int = 0, world_size: int = 1):
+    return build_stream(cfg, size, B, StepMasks(SAMPLER, B, seed, rank), seed, rank, world_size)
 
 
 def _same(a: tuple[torch.Tensor, Masks], b: tuple[torch.Tensor, Masks]) -> bool:
@@ -325,8 +333,8 @@ def _same(a: tuple[torch.Tensor, Masks], b: tuple[torch.Tensor, Masks]) -> bool:
 
 
 def test_stream_resumes_exactly() -> None:
-    s = build_stream(_cfg(), 16, 32, SAMPLER, seed=3)
-    assert isinstance(s, TrainStream) and s.steps_per_epoch == 640 // 32 == 20
+    s = _stream(_cfg(), 16, 32, seed=3)
+    assert isinstance(s, MemoryStream) and s.steps_per_epoch == 640 // 32 == 20
     it = s.batches(0)
     items = [next(it) for _ in range(24)]  # crosses into epoch 1
     it.close()
@@ -338,15 +346,15 @@ def test_stream_resumes_exactly() -> None:
         assert _same(next(it), items[t])
         assert _same(next(it), items[t + 1])
         it.close()
-    assert _same(build_stream(_cfg(), 16, 32, SAMPLER, seed=3).batch(5), items[5])
+    assert _same(_stream(_cfg(), 16, 32, seed=3).batch(5), items[5])
     assert not torch.equal(items[0][0], items[1][0])
-    other = build_stream(_cfg(), 16, 32, SAMPLER, seed=4).batch(5)
+    other = _stream(_cfg(), 16, 32, seed=4).batch(5)
     assert not torch.equal(other[0], items[5][0])
 
 
 def test_stream_order_ranks_and_epochs() -> None:
     B, W, n = 16, 4, 640
-    streams = [build_stream(_cfg(), 16, B, SAMPLER, seed=1, rank=r, world_size=W) for r in range(W)]
+    streams = [_stream(_cfg(), 16, B, seed=1, rank=r, world_size=W) for r in range(W)]
     assert streams[0].steps_per_epoch == n // (B * W) == 10
     order0 = epoch_order(n, 1, 0)
     seen: list[int] = []
@@ -362,20 +370,20 @@ def test_stream_order_ranks_and_epochs() -> None:
     m0, m1 = streams[0].batch(0)[1], streams[1].batch(0)[1]
     assert not torch.equal(m0.enc_idx, m1.enc_idx) or not torch.equal(m0.pred_idx, m1.pred_idx)
     ident = _cfg(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False)
-    s = build_stream(ident, 32, B, SAMPLER, seed=1, rank=2, world_size=W)
+    s = _stream(ident, 32, B, seed=1, rank=2, world_size=W)
     x, _ = s.batch(13)
     src = load_images("embedded", "train", limit=640).images
     torch.testing.assert_close(x, _normalised(src[s.indices(13)]), atol=1e-4, rtol=0)
 
 
 def test_stream_on_device_flag_and_errors() -> None:
-    a = build_stream(_cfg(on_device=True), 16, 32, SAMPLER, seed=0).batch(7)
-    b = build_stream(_cfg(on_device=False), 16, 32, SAMPLER, seed=0).batch(7)
+    a = _stream(_cfg(on_device=True), 16, 32, seed=0).batch(7)
+    b = _stream(_cfg(on_device=False), 16, 32, seed=0).batch(7)
     assert _same(a, b)
     with pytest.raises(BootlegError, match="batch"):
-        build_stream(_cfg(limit=100), 16, 64, SAMPLER, seed=0, world_size=2)
+        _stream(_cfg(limit=100), 16, 64, seed=0, world_size=2)
     before = sum(t.name == "bootleg-prefetch" for t in threading.enumerate())
-    it = build_stream(_cfg(), 16, 32, SAMPLER, seed=0).batches(0)
+    it = _stream(_cfg(), 16, 32, seed=0).batches(0)
     next(it)
     it.close()
     assert sum(t.name == "bootleg-prefetch" for t in threading.enumerate()) == before
@@ -384,7 +392,7 @@ def test_stream_on_device_flag_and_errors() -> None:
 def test_streaming_imagefolder_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_folder(tmp_path / "mixed", {"train": [(20 + i, 24 - i % 5) for i in range(24)]})
     cfg = DataConfig(name="imagefolder", root=str(tmp_path / "mixed"), num_workers=0)
-    s = build_stream(cfg, 16, 4, SAMPLER, seed=2)
+    s = _stream(cfg, 16, 4, seed=2)
     assert s.streaming and s.steps_per_epoch == 6
     it = s.batches(0)
     items = [next(it) for _ in range(8)]
@@ -392,13 +400,13 @@ def test_streaming_imagefolder_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and m.enc_idx.shape[0] == 4
     assert _same(next(iter(s.batches(7))), items[7])
     # worker processes give the same batches as the main process
-    s2 = build_stream(cfg.model_copy(update={"num_workers": 2}), 16, 4, SAMPLER, seed=2)
+    s2 = _stream(cfg.model_copy(update={"num_workers": 2}), 16, 4, seed=2)
     it2 = s2.batches(3)
     assert _same(next(it2), items[3]) and _same(next(it2), items[4])
     # a same-size folder over the file-count rule is streamed too
     _write_folder(tmp_path / "big", {"train": [(12, 12)] * 8})
     monkeypatch.setattr(ds_mod, "IMAGEFOLDER_MAX_FILES", 4)
-    big = build_stream(DataConfig(name="imagefolder", root=str(tmp_path / "big")), 8, 4, SAMPLER, seed=0)
+    big = _stream(DataConfig(name="imagefolder", root=str(tmp_path / "big")), 8, 4, seed=0)
     assert big.streaming and big.batch(1)[0].shape == (4, 3, 8, 8)
 
 
@@ -412,7 +420,7 @@ def test_fingerprint_tracks_content(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     Image.new("RGB", (8, 8), (1, 2, 3)).save(img)
     b = dataset_fingerprint("imagefolder", root)
     assert b != a
-    monkeypatch.setattr(ds_mod, "FINGERPRINT_CONTENT_MAX_BYTES", 0)  # big folders: listing only
+    monkeypatch.setattr(fp_mod, "FINGERPRINT_CONTENT_MAX_BYTES", 0)  # big folders: listing only
     (tmp_path / "f" / "train" / "b" / "new.png").write_bytes(img.read_bytes())
     assert dataset_fingerprint("imagefolder", root) not in (a, b)
     with pytest.raises(BootlegError, match="nowhere"):

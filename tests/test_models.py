@@ -21,7 +21,7 @@ def test_encoder_runs_only_visible_tokens_and_returns_blocks():
     enc = _enc(reg_tokens=4)
     x = torch.randn(2, 3, 32, 32)
     idx = torch.tensor([[0, 5, 9, 63], [1, 2, 3, 4]])
-    out, inter = enc(x, idx, blocks=[1, 4], mid_blocks=[2])
+    out, inter = enc.forward_intermediates(x, [1, 4], [2], idx=idx)
     assert out.shape == (2, 1 + 4 + 4, 48)
     assert [t.shape for t in inter] == [(2, 9, 48)] * 3
     # the pos embed is fixed (a buffer), not learned
@@ -31,17 +31,17 @@ def test_encoder_runs_only_visible_tokens_and_returns_blocks():
     x2[0, :, 4:8, 4:8] += 10.0  # patch 9 of a 8x8 grid is row 1, col 1 -> pixels 4..8
     x3 = x.clone()
     x3[0, :, 28:32, 0:4] += 10.0  # patch 56, not visible in sample 0
-    assert not torch.allclose(enc(x2, idx)[0][0], out[0])
-    assert torch.allclose(enc(x3, idx)[0][0], out[0])
+    assert not torch.allclose(enc(x2, idx)[0], out[0])
+    assert torch.allclose(enc(x3, idx)[0], out[0])
 
 
-def test_final_false_stops_early_and_mid_block_is_post_attention():
+def test_stop_early_and_mid_block_is_post_attention():
     enc = _enc(reg_tokens=0)
     x = torch.randn(1, 3, 32, 32)
-    out, inter = enc(x, blocks=[2], mid_blocks=[2], final=False)
+    out, inter = enc.forward_intermediates(x, [2], [2], stop_early=True)
     assert out is None
     blk = enc.blocks[1]
-    _, (h1,) = enc(x, blocks=[1], final=False)
+    _, (h1,) = enc.forward_intermediates(x, [1], stop_early=True)
     mid = h1 + blk.attn(blk.norm1(h1))
     assert torch.allclose(inter[1], mid, atol=1e-5)
     assert torch.allclose(inter[0], mid + blk.mlp(blk.norm2(mid)), atol=1e-5)

@@ -64,11 +64,12 @@ def test_bootleg_loss_falls_on_real_images(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ijepa", "mae", "data2vec"])
 def test_baselines_train_through_the_same_engine(tmp_path, method):
-    overrides = [*FAST, f"method={method}", "run.steps=6", "model.depth=4", "targets.blocks=[4]"]
-    if method == "mae":
-        overrides[-1] = "targets.blocks=[]"
-    if method == "data2vec":
-        overrides[-1] = "targets.blocks=[2,3,4]"
+    depth_dependent = {
+        "ijepa": ["targets.blocks=[4]"],
+        "mae": [],
+        "data2vec": ["targets.mlp_branch=[2,3,4]", "mask_repeats=2"],
+    }
+    overrides = [*FAST, f"method={method}", "run.steps=6", "model.depth=4", *depth_dependent[method]]
     cfg = load_config(PARAMS, overrides)
     out = pretrain(cfg, tmp_path / method)
     assert {p.name for p in out.iterdir()} >= LAYOUT
