@@ -52,3 +52,10 @@ gpu-check: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Opt-in, not in CI: the compose stack for real (local Debian base image, PostgreSQL, MLflow,
+# Prefect server and worker on 127.0.0.1, one pipeline deployment run); needs a Docker daemon.
+# See docs/docker.md.
+.PHONY: test-docker
+test-docker:
+	scripts/test_docker.sh
