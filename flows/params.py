@@ -13,6 +13,11 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bootleg.errors import BootlegError
+from bootleg.masking import SAMPLERS
+from bootleg.presets import METHODS
+
+MethodName = Literal[METHODS]  # type: ignore[valid-type]
+SamplerName = Literal[SAMPLERS.names()]  # type: ignore[valid-type]
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*=.*$", re.S)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -81,12 +86,23 @@ class PipelineParams(FlowParams):
 class Variant(FlowParams):
     """One row of an ablation table: a name and what it changes."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
     name: str = Field(..., min_length=1, description="row label, e.g. 'Blocks 1-4 (early only)'")
-    method: Literal["bootleg", "ijepa", "mae", "data2vec"] | None = None
+    method: MethodName | None = None
     targets: list[int] | None = Field(None, description="teacher blocks used as targets (1-indexed)")
     merge: Literal["concat", "mean"] | None = None
-    sampler: Literal["bootleg", "ijepa", "random", "cyclic", "inverse_block"] | None = None
+    sampler: SamplerName | None = None
     overrides: list[str] = Field(default_factory=list, description="any further key.sub=value")
+    start: str | None = Field(
+        None, alias="from", description="a key of the file's `bases`: the named starting point of this row"
+    )
+    paper: dict[str, Any] = Field(default_factory=dict, description="the paper's numbers for this row, by column")
+    # informational keys of the experiment files (experiments/README.md), kept but not used
+    after: str | None = None
+    switch: str | None = None
+    note: str | None = None
+    plot: dict[str, Any] | None = None
 
     @field_validator("overrides")
     @classmethod
@@ -129,6 +145,20 @@ class AblationParams(FlowParams):
     variants: list[Variant] = Field(..., min_length=1)
     title: str = Field("Ablation", description="table caption")
     out: str | None = Field(None, description="folder for the runs and the table (default: runs/ablation/TIME)")
+    shared: list[str] = Field(
+        default_factory=list, description="overrides of every row, before its own (an experiment file's `base`)"
+    )
+    bases: dict[str, list[str]] = Field(default_factory=dict, description="named starting points rows refer to")
+    columns: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="the paper's columns: key -> {label, probe, data}"
+    )
+    references: list[dict[str, Any]] = Field(default_factory=list, description="paper-only rows")
+    parallel: int = Field(1, ge=1, le=64, description="variants run at once in local processes")
+    pool_deployment: str | None = Field(
+        None,
+        description="run each variant as a flow run of this pipeline deployment (e.g. pipeline/pipeline) on its "
+        "work pool, so any worker can take it; run folders must be on storage the workers share",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> AblationParams:
@@ -136,7 +166,17 @@ class AblationParams(FlowParams):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"variants: duplicate name {dup[0]!r}")
+        missing = sorted({v.start for v in self.variants if v.start and v.start not in self.bases})
+        if missing:
+            raise ValueError(f"variants: from {missing[0]!r} is not a key of bases")
+        for items in (self.shared, *self.bases.values()):
+            _check_overrides(items)
         return self
+
+    def row_overrides(self, v: Variant) -> list[str]:
+        """A row's overrides in the documented order: shared, its base, its own, then the run's
+        ``--set`` (last, so ``--set model.size=micro`` also shrinks rows that name a size)."""
+        return [*self.shared, *self.bases.get(v.start or "", []), *v.to_overrides(), *self.base.overrides]
 
 
 class FloatRange(FlowParams):

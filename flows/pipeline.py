@@ -29,6 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from bootleg.errors import BootlegError
+from bootleg.io import atomic_write_text
 from bootleg.probe.results import ProbeReport
 from flows import registry, report, tracking
 from flows.cli import add_common_args, bindir, run_cli, ui_commands
@@ -277,6 +278,9 @@ def compare_key(spec: PipelineParams, data_hash: str, probe: ProbeReport, metric
 # ------------------------------------------------------------------ the flow
 
 
+SUMMARY_FILE = "summary.json"
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa: B008 - pydantic default
     """Prepare data -> pretrain -> register the encoder in MLflow -> probes -> report."""
@@ -347,6 +351,8 @@ def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa
         tracking.end_run(run_id, "FAILED", uri=spec.tracking_uri)
         raise
     tracking.end_run(run_id, uri=spec.tracking_uri)
+    # beside the run: what a caller on another process or machine (an ablation over a work pool) reads back
+    atomic_write_text(Path(out) / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
     return summary
 
 

@@ -15,6 +15,8 @@ from typing import Any
 from bootleg.probe.results import ProbeReport
 
 #: probe names in the paper's column order and their column labels
+#: marks the columns that hold the paper's numbers beside ours
+PAPER_SUFFIX = "(paper)"
 PROBE_COLUMNS: dict[str, str] = {
     "linear_patch": "Patch",
     "linear_cls": "CLS",
@@ -134,14 +136,20 @@ def _fmt(v: Any, column: str = "") -> str:
     if v is None or v == "":
         return "–"
     if isinstance(v, float):
-        return f"{v:.1f}" if column in PROBE_COLUMNS.values() else f"{v:.4g}"
+        return f"{v:.1f}" if is_score_column(column) else f"{v:.4g}"
     return str(v)
 
 
-def comparison_rows(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+def comparison_rows(
+    results: Sequence[Mapping[str, Any]],
+    paper_columns: Mapping[str, Mapping[str, Any]] | None = None,
+    references: Sequence[Mapping[str, Any]] = (),
+) -> tuple[list[str], list[dict[str, Any]]]:
     """``results``: ``{"variant": name, "describe": {...}, "probe": ProbeReport (or its dump),
-    "final_loss": float, "run_id": str}`` per variant -> ``(columns, rows)``; probe columns
-    follow the paper's order (Patch, CLS, X-Blk, kNN, ...) and hold each probe's own score."""
+    "final_loss": float, "run_id": str, "paper": {column: number}}`` per variant -> ``(columns,
+    rows)``; probe columns follow the paper's order (Patch, CLS, X-Blk, kNN, ...) and hold each
+    probe's own score. ``paper_columns`` (an experiment file's ``columns``: key -> {label, probe})
+    adds, beside each probe we ran, the paper's number for it; ``references`` are paper-only rows."""
     reports = [as_report(r.get("probe")) for r in results]
     present = {x.probe for rep in reports if rep for x in rep.results}
     probes = [p for p in PROBE_COLUMNS if p in present] + sorted(present - set(PROBE_COLUMNS))
@@ -151,7 +159,15 @@ def comparison_rows(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], li
         if any((r.get("describe") or {}).get(k) for r in results)
     ]
     labels = [PROBE_COLUMNS.get(p, p) for p in probes]
-    columns = ["Variant", *[k.capitalize() for k in desc_keys], *labels, "Final loss", "MLflow run"]
+    # the paper's column for each probe we ran (the first column of the file naming that probe)
+    paper_key = {}
+    for key, col in (paper_columns or {}).items():
+        if col.get("probe") in probes and col["probe"] not in paper_key:
+            paper_key[col["probe"]] = key
+    score_cols: list[str] = []
+    for p, label in zip(probes, labels, strict=True):
+        score_cols += [label, f"{label} {PAPER_SUFFIX}"] if p in paper_key else [label]
+    columns = ["Variant", *[k.capitalize() for k in desc_keys], *score_cols, "Final loss", "MLflow run"]
     rows = []
     for r, rep in zip(results, reports, strict=True):
         row: dict[str, Any] = {"Variant": r.get("variant", "")}
@@ -159,14 +175,26 @@ def comparison_rows(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], li
             row[k.capitalize()] = (r.get("describe") or {}).get(k, "")
         for p, label in zip(probes, labels, strict=True):
             row[label] = rep.score(p) if rep else None
+            if p in paper_key:
+                row[f"{label} {PAPER_SUFFIX}"] = (r.get("paper") or {}).get(paper_key[p])
         row["Final loss"] = r.get("final_loss")
         row["MLflow run"] = r.get("run_id", "")
+        rows.append(row)
+    for ref in references:
+        row = {"Variant": f"{ref.get('name', '')} (paper only)"}
+        for p, label in zip(probes, labels, strict=True):
+            if p in paper_key:
+                row[f"{label} {PAPER_SUFFIX}"] = (ref.get("paper") or {}).get(paper_key[p])
         rows.append(row)
     return columns, rows
 
 
 def score_columns(columns: Sequence[str]) -> list[str]:
     return [c for c in columns if c in PROBE_COLUMNS.values() or c in ("Value",)]
+
+
+def is_score_column(column: str) -> bool:
+    return column in PROBE_COLUMNS.values() or column.removesuffix(f" {PAPER_SUFFIX}") in PROBE_COLUMNS.values()
 
 
 def plot_scores(
