@@ -63,10 +63,10 @@ def full(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Probe
     return run_probes(run_dir, out, small_cfg(), probes=["all"], seed=0), out
 
 
-def test_every_probe_end_to_end(full: tuple[ProbeReport, Path]) -> None:
+def test_every_probe_end_to_end(full: tuple[ProbeReport, Path], run_dir: Path) -> None:
     rep, out = full
     assert rep.dataset == "embedded"  # the run's own dataset
-    assert rep.seed == 0 and rep.checkpoint.endswith("run0") and rep.protocol == "quick"
+    assert rep.seed == 0 and rep.checkpoint == str(run_dir) and rep.protocol == "quick"
     assert {k: rep.splits[k] for k in ("train", "val", "test")} == {"train": 450, "val": 50, "test": 200}
     assert [r.probe for r in rep.results] == list(PROBE_NAMES) and not rep.skipped
     for name in ("linear_patch", "linear_cls", "attentive"):

@@ -445,7 +445,19 @@ class Shards(Source):
     name = "shards"
 
     def load(self, split: str, root: str | None, download: bool, limit: int | None) -> ImageSet:
-        raise BootlegError(f"data.name: shards at {root} are streamed, not loaded into memory; use open_split")
+        """Small shard sets (the in-memory rule of ``imagefolder``) decode into memory, for the
+        cached probes; larger ones are streamed only (``open_split``)."""
+        items = self.open(split, root, download, limit)
+        if len(items) > IMAGEFOLDER_MAX_FILES:
+            raise BootlegError(
+                f"data.name: shards at {root} hold {len(items)} {split} images, more than the {IMAGEFOLDER_MAX_FILES} "
+                "decoded into memory; stream them (probe.protocol: paper)"
+            )
+        decoded = [
+            (items.classes[items.label(i)], f"{i:09d}", readers.decode_rgb(items.read(i), items.name(i)))
+            for i in range(len(items))
+        ]
+        return _as_set(readers.stack({split: decoded}, f"shards {root}", items.classes)[split], f"shards/{split}")
 
     def open(self, split: str, root: str | None, download: bool, limit: int | None) -> ImageSet | Items:
         items = ShardItems(_root(self.name, root), split)
