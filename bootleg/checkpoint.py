@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from bootleg.errors import BootlegError
-from bootleg.export import atomic_write_bytes
+from bootleg.io import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
@@ -18,7 +18,7 @@ FORMAT = 1
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename."""
-    atomic_write_bytes(Path(path), lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -13,37 +13,18 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from bootleg.errors import BootlegError
+from bootleg.io import atomic_write_bytes
 from bootleg.models import ViTEncoder
 
 ENCODER_FILE = "encoder.safetensors"
-
-
-def atomic_write_bytes(path: Path, writer: Any) -> None:
-    """Call ``writer(tmp_path)`` then rename over ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual mode
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_encoder(encoder: ViTEncoder, path: Path, extra: dict[str, str] | None = None) -> None:
@@ -56,7 +37,7 @@ def save_encoder(encoder: ViTEncoder, path: Path, extra: dict[str, str] | None =
     }
     meta.update(extra or {})
     data = canonical_safetensors(save(state, metadata=meta))
-    atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write_bytes(path, data)
 
 
 def canonical_safetensors(blob: bytes) -> bytes:

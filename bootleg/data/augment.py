@@ -30,6 +30,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _TRIES = 10
 
 
+def central_crop(H: int, W: int, ratio: Sequence[float]) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop fallback: the largest central crop within ``ratio``,
+    as ``(top, left, height, width)``."""
+    in_ratio = W / H
+    if in_ratio < min(ratio):
+        fw, fh = W, int(round(W / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = H, int(round(H * max(ratio)))
+    else:
+        fw, fh = W, H
+    return (H - fh) // 2, (W - fw) // 2, fh, fw
+
+
 def random_resized_crop_params(
     n: int,
     in_hw: tuple[int, int],
@@ -74,15 +87,7 @@ def random_resized_crop_params(
     take = lambda t: t.gather(1, first[:, None])[:, 0]  # noqa: E731
     boxes = torch.stack([take(y0), take(x0), take(h), take(w)], dim=1)
 
-    # central fallback, torchvision's rule
-    in_ratio = W / H
-    if in_ratio < min(ratio):
-        fw, fh = W, int(round(W / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = H, int(round(H * max(ratio)))
-    else:
-        fw, fh = W, H
-    fallback = torch.tensor([(H - fh) // 2, (W - fw) // 2, fh, fw], dtype=torch.long)
+    fallback = torch.tensor(central_crop(int(H), int(W), ratio), dtype=torch.long)
     none_ok = ~ok.any(dim=1)
     boxes[none_ok] = fallback
     return boxes

@@ -26,7 +26,7 @@ import simplejpeg
 import torch
 from PIL import Image
 
-from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, apply_augment
+from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, apply_augment, central_crop
 
 __all__ = ["BadImage", "crop_box", "decode_crop", "peek_size", "decode_batch_cuda"]
 
@@ -61,14 +61,7 @@ def crop_box(
         w, h = round(math.sqrt(target * r)), round(math.sqrt(target / r))
         if 0 < w <= W and 0 < h <= H:
             return math.floor(float(u[2, t]) * (H - h + 1)), math.floor(float(u[3, t]) * (W - w + 1)), h, w
-    in_ratio = W / H
-    if in_ratio < min(ratio):
-        fw, fh = W, int(round(W / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = H, int(round(H * max(ratio)))
-    else:
-        fw, fh = W, H
-    return (H - fh) // 2, (W - fw) // 2, fh, fw
+    return central_crop(H, W, ratio)
 
 
 def decode_crop(
