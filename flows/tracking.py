@@ -307,6 +307,10 @@ class MLflowCallback:
         """Wait for every queued batch; resend failed ones once; return the undelivered count."""
         if self._monitor is not None:
             try:
+                # MLflow's monitor publishes only after a full sampling interval: a run shorter than
+                # that would leave no system metrics, so publish the sample of the end
+                self._monitor.collect_metrics()
+                self._monitor.publish_metrics(self._monitor.aggregate_metrics())
                 self._monitor.finish()
             except Exception as e:
                 log.warning("system metrics: %s", first_line(e))
