@@ -19,6 +19,7 @@ ROWS = [
     ("ijepa", "I-JEPA preset (its sampler, final-block target)"),
     ("mae", "MAE preset (random masking)"),
     ("bootleg-before", "Bootleg, before the study (root params.yaml)"),
+    ("bootleg-before-seed1", "Bootleg, before, again with `run.seed=1` (the seed spread)"),
     ("bootleg-after", "Bootleg, after the study"),
 ]
 
@@ -71,7 +72,7 @@ def trials_md(study: Any) -> str:
     targets = sorted((p for p in params if p.startswith("target_block_")), key=lambda p: int(p.rsplit("_", 1)[1]))
     others = [p for p in params if p not in targets]
     short = {p: p.split(".", 1)[-1] for p in others}
-    head = ["trial", "state", "kNN (last round)", "kNN per round", "targets", *short.values()]
+    head = ["trial", "state", "kNN (last reported)", "kNN per round", "targets", *short.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in study.trials:
         chosen = ",".join(p.rsplit("_", 1)[1] for p in targets if t.params.get(p))
