@@ -20,6 +20,8 @@ import pytest
 from flows.ablation import main as ablation_main
 
 ROOT = Path(__file__).resolve().parents[1]
+#: its own name: the session's Prefect server also serves a "pipeline" deployment (tests/test_flows.py)
+DEPLOYMENT = "pipeline-on-test-pool"
 FILES = sorted((ROOT / "experiments").glob("*.yaml"))
 MICRO = [
     "model.size=micro",
@@ -118,7 +120,7 @@ def test_variants_through_a_work_pool_with_a_real_worker(table2_in_order: Path, 
         [prefect, "work-pool", "create", pool, "--type", "process"], env=env, check=True, capture_output=True
     )
     flow.from_source(source=str(ROOT), entrypoint="flows/pipeline.py:pipeline").deploy(
-        name="pipeline", work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True
+        name=DEPLOYMENT, work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True
     )
     log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen(
@@ -131,7 +133,7 @@ def test_variants_through_a_work_pool_with_a_real_worker(table2_in_order: Path, 
             tmp_path / "t2-pool",
             "0,1",
             "--pool-deployment",
-            "pipeline/pipeline",
+            f"pipeline/{DEPLOYMENT}",
         )
     finally:
         os.killpg(worker.pid, 15)
