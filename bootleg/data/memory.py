@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, apply_augment, sample_augment_params
-from bootleg.data.order import StepOrder
+from bootleg.data.order import StepOrder, StepStream
 from bootleg.masking import Masks
 
 __all__ = ["MemoryStream"]
@@ -25,7 +25,7 @@ __all__ = ["MemoryStream"]
 _PREFETCH = 2
 
 
-class MemoryStream:
+class MemoryStream(StepStream):
     """Endless resumable stream of augmented, masked micro-batches from images in memory.
 
     Args:
@@ -53,18 +53,6 @@ class MemoryStream:
         self._on_device = bool(data_cfg.on_device)
         self._cuda = device.type == "cuda"
         self.images = images.to(device) if self._on_device else images
-
-    def indices(self, step: int) -> torch.Tensor:
-        """Image indices ``(B,)`` of ``step`` on this rank."""
-        return self.order.draw(step).indices
-
-    def batch(self, step: int) -> tuple[torch.Tensor, Masks]:
-        """The batch of ``step`` alone (no prefetching)."""
-        it = self.batches(step)
-        try:
-            return next(it)
-        finally:
-            it.close()
 
     def _prepare(self, order: StepOrder, step: int) -> tuple[Any, ...]:
         """CPU work of one step (runs in the prefetch thread): indices, crops, masks."""

@@ -17,13 +17,14 @@ round-robin from wherever the iterator starts, so seeding by worker id would bre
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from bootleg.errors import BootlegError
 from bootleg.io import mix_seed
-from bootleg.masking import mask_seed
+from bootleg.masking import Masks, mask_seed
 
 __all__ = ["AUG_SEED_XOR", "Draw", "StepOrder", "epoch_order"]
 
@@ -88,3 +89,25 @@ class StepOrder:
         e, b = self.locate(step)
         g = torch.Generator().manual_seed(self.aug_seed(e, b))
         return Draw(e, b, self.indices(e, b), g)
+
+
+class StepStream:
+    """What both training streams share: their :class:`StepOrder` (``self.order``) and random
+    access to one step's batch through their own ``batches(start)``."""
+
+    order: StepOrder
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, Masks]]:
+        raise NotImplementedError
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Image indices ``(B,)`` of ``step`` on this rank (before any bad-file replacement)."""
+        return self.order.draw(step).indices
+
+    def batch(self, step: int) -> tuple[torch.Tensor, Masks]:
+        """The batch of ``step`` alone (no prefetching)."""
+        it = self.batches(step)
+        try:
+            return next(it)
+        finally:
+            it.close()

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from bootleg.data.decode import BadImage, crop_box, decode_batch_cuda, decode_crop, peek_size
-from bootleg.data.order import StepOrder
+from bootleg.data.order import StepOrder, StepStream
 from bootleg.data.sources import Items
 from bootleg.errors import BootlegError
 from bootleg.io import mix_seed
@@ -102,7 +102,7 @@ class StepDataset(Dataset):
         return payload, m.enc_idx, m.pred_idx, bad, len(out) + len(bad)
 
 
-class StreamingStream:
+class StreamingStream(StepStream):
     """Endless resumable stream of augmented, masked micro-batches decoded from :class:`Items`.
 
     Attributes:
@@ -138,17 +138,6 @@ class StreamingStream:
         self.bad_images = 0
         self.images_read = 0
         self.bad_files: set[str] = set()
-
-    def indices(self, step: int) -> torch.Tensor:
-        """Image indices ``(B,)`` of ``step`` on this rank (before any bad-file replacement)."""
-        return self.order.draw(step).indices
-
-    def batch(self, step: int) -> tuple[torch.Tensor, Masks]:
-        it = self.batches(step)
-        try:
-            return next(it)
-        finally:
-            it.close()
 
     def _account(self, bad: list[tuple[str, str]], read: int) -> None:
         self.images_read += read

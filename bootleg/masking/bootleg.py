@@ -76,9 +76,7 @@ class BootlegParams(MultiBlockParams):
         return gh, gw
 
     def build(self, grid: tuple[int, int]) -> BootlegSampler:
-        return BootlegSampler(
-            grid, self.num_blocks, self.block_scale, self.block_aspect, self.background_scale, self.min_keep
-        )
+        return BootlegSampler(grid, *self.block_args())
 
 
 class BootlegSampler(MultiBlockSampler):

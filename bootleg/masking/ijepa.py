@@ -59,9 +59,7 @@ class IJepaParams(MultiBlockParams):
         return gh, gw
 
     def build(self, grid: tuple[int, int]) -> IJepaSampler:
-        return IJepaSampler(
-            grid, self.num_blocks, self.block_scale, self.block_aspect, self.background_scale, self.min_keep
-        )
+        return IJepaSampler(grid, *self.block_args())
 
 
 class IJepaSampler(MultiBlockSampler):

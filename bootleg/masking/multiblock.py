@@ -33,6 +33,10 @@ class MultiBlockParams(SamplerParams):
             raise grid_error("min_keep", self.min_keep, f"an integer in [0, {gh * gw - 1}] on the {gh}x{gw} grid")
         return gh, gw
 
+    def block_args(self) -> tuple:
+        """The runtime sampler's block settings, in its constructor's order after the grid."""
+        return self.num_blocks, self.block_scale, self.block_aspect, self.background_scale, self.min_keep
+
 
 class MultiBlockSampler(MaskSampler):
     """Runtime base of the multi-block samplers: holds the block settings."""
