@@ -3,8 +3,10 @@
 CPU (:func:`decode_crop`): read the header, draw the crop box and flip from the step's
 generator, have libjpeg-turbo (``simplejpeg``, or PIL for other formats) decode at reduced size
 when the crop will be downscaled by 2x or more anyway (DCT scaling by 1/2, 1/4 or 1/8, the same
-as PIL's ``draft``; never below the output size), then crop and resize in one antialiased PIL
-``resize(box=...)``. Output: ``(3, S, S)`` uint8. (Scales between 1/2 and 1, e.g. 6/8, decode
+as PIL's ``draft``; never below the output size), then crop and resize in one antialiased step:
+torch's AVX2 uint8 ``resized_crop`` at full size (the common case at ImageNet sizes: 4x faster than
+PIL's resize), PIL's ``resize(box=...)`` in fractional pixels when DCT-scaled. Output:
+``(3, S, S)`` uint8. (Scales between 1/2 and 1, e.g. 6/8, decode
 slower than full size in libjpeg-turbo, so they are not used.)
 
 CUDA (:func:`decode_batch_cuda`): workers only read bytes and the header size
@@ -24,13 +26,15 @@ from collections.abc import Sequence
 import numpy as np
 import simplejpeg
 import torch
+import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from bootleg.data.augment import IMAGENET_MEAN, IMAGENET_STD, apply_augment, central_crop
 
 __all__ = ["BadImage", "crop_box", "decode_crop", "peek_size", "decode_batch_cuda"]
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_RESAMPLE = {"bicubic": F.InterpolationMode.BICUBIC, "bilinear": F.InterpolationMode.BILINEAR}
 
 
 class BadImage(Exception):
@@ -90,18 +94,21 @@ def decode_crop(
             y0, x0, h, w = crop_box(u, (H, W), scale, ratio)
             k = next((k for k in (8, 4, 2) if draft and min(h, w) >= k * size), 1)
             arr = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-H // k), min_width=-(-W // k), min_factor=k)
-            im, f = Image.fromarray(arr), 1 / k
         else:
-            im = Image.open(io.BytesIO(data))
-            W, H = im.size
-            y0, x0, h, w = crop_box(u, (H, W), scale, ratio)
-            im, f = im.convert("RGB"), 1.0
-        out = im.resize((size, size), _RESAMPLE[interpolation], box=(x0 * f, y0 * f, (x0 + w) * f, (y0 + h) * f))
+            with Image.open(io.BytesIO(data)) as im:
+                W, H = im.size
+                y0, x0, h, w = crop_box(u, (H, W), scale, ratio)
+                arr, k = np.asarray(im.convert("RGB")), 1
     except Exception as e:  # the decoders raise many types on corrupt input
         raise BadImage(f"{type(e).__name__}: {e}") from None
-    if flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
+    if k > 1:  # DCT-scaled: PIL's resize takes the box in fractional decoded pixels (same geometry)
+        box = (x0 / k, y0 / k, (x0 + w) / k, (y0 + h) / k)
+        pil = Image.fromarray(arr).resize((size, size), _PIL_RESAMPLE[interpolation], box=box)
+        out = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+    else:  # full size: torch's AVX2 uint8 antialiased resize of a channels-last view, 4x faster
+        img = torch.from_numpy(arr).permute(2, 0, 1)  # than PIL's on one core, within rounding of it
+        out = F.resized_crop(img, y0, x0, h, w, [size, size], interpolation=_RESAMPLE[interpolation], antialias=True)
+    return (out.flip(-1) if flip else out).contiguous()
 
 
 def _decode_one(d: torch.Tensor, j: bool, device: torch.device) -> torch.Tensor:
