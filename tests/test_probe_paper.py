@@ -164,11 +164,6 @@ def test_resume_after_a_kill_gives_the_same_report(
         run_probes(run_dir, tmp_path, tiny_cfg(epochs=3), probes=PROBES, device="cpu")
 
 
-def test_paper_protocol_rejects_dense_probes(run_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(BootlegError, match="probe.protocol"):
-        run_probes(run_dir, tmp_path, tiny_cfg(), probes=["seg_knn"], device="cpu")
-
-
 DDP_SCRIPT = """
 import json, sys
 from bootleg.probe import ProbeConfig

@@ -140,6 +140,45 @@ class KnnConfig(Strict):
         return sorted(set(v))
 
 
+class SegPaperConfig(Strict):
+    """``protocol: paper`` for the dense probes (paper Sec. 5.2; BEiT's ADE20K recipe where the
+    paper's appendix is lost, see docs/probes.md).
+
+    Training views: the image (and its mask, nearest) resized so its short side is
+    ``short_side x r``, ``r ~ U(scale)``, a random ``S x S`` crop (padded with the mean colour
+    and ignored labels when smaller), a horizontal flip, colour jitter and one cut-out square
+    (image only). Evaluation: the short side resized to ``short_side``, ``S x S`` windows every
+    ``eval_stride x S`` pixels, overlapping logits averaged, upsampled to the label's full
+    resolution and scored there. ``seg.linear`` / ``seg.block`` give the LR x WD grids; both
+    train on the same encoder forward.
+    """
+
+    epochs: int = Field(128, ge=1)
+    batch_size: int = Field(64, ge=1)
+    #: short side before the random crop and at evaluation; unset: the encoder's image size
+    short_side: int | None = Field(None, ge=8)
+    #: range of the random resize ratio (mmseg/BEiT: 0.5 to 2.0)
+    scale: Pair = (0.5, 2.0)
+    hflip: bool = True
+    #: brightness, contrast and saturation jitter (torchvision ``ColorJitter``)
+    jitter: float = Field(0.4, ge=0, lt=1)
+    #: side of the cut-out square as a fraction of the crop side (0: none)
+    cutout: float = Field(0.25, ge=0, lt=1)
+    #: window step of the sliding-window evaluation, as a fraction of the window (BEiT: 341/512)
+    eval_stride: float = Field(2 / 3, gt=0, le=1)
+    #: ``seg_knn``: at most this many training patches in the memory bank (CAPI-style)
+    knn_bank: int = Field(500_000, ge=1)
+    #: ``seg_knn``: patches drawn from each bank image (seeded; all-ignored patches never drawn)
+    knn_patches_per_image: int = Field(64, ge=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: Pair) -> Pair:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"{v}: expected 0 < low <= high (resize ratios)")
+        return v
+
+
 class SegConfig(Strict):
     """Dense probes: the data and the three probes' settings.
 
@@ -170,6 +209,7 @@ class SegConfig(Strict):
     ks: list[int] = Field([5, 10, 20, 50], min_length=1)
     linear: SegLinearSweep = SegLinearSweep()
     block: SegBlockSweep = SegBlockSweep()
+    paper: SegPaperConfig = SegPaperConfig()
 
     @field_validator("ks")
     @classmethod

@@ -80,7 +80,8 @@ def knn_segment(
 
     Args:
         bank: ``(M, D)`` patch embeddings.
-        bank_labels: ``(M, p*p)`` long pixel labels (``ignore_index`` allowed).
+        bank_labels: ``(M, p*p)`` integer pixel labels (``ignore_index`` allowed; int16 keeps a
+            large bank small).
         queries: ``(Q, D)`` patch embeddings.
         ks: neighbourhood sizes.
 
@@ -92,7 +93,7 @@ def knn_segment(
     valid_lab = torch.where(lab == ignore_index, classes, lab)  # ignored -> extra bin
     order = sorted(ks)
     for _, _, idx in _neighbours(bank, queries, max(order), chunk):
-        nb = valid_lab[idx].transpose(1, 2)  # (q, P, K)
+        nb = valid_lab[idx].transpose(1, 2).long()  # (q, P, K)
         counts = torch.zeros(nb.shape[0], nb.shape[1], classes + 1, dtype=torch.int32, device=nb.device)
         done = 0
         for k in order:

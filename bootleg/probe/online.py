@@ -101,10 +101,12 @@ class HeadGroup:
     module: nn.Module
     opt: BatchedAdamW
     warmup: int = 0
+    #: the probe input it reads (default: the classification probe's, ``PROBE_FEATURE``)
+    input_key: str | None = None
 
     @property
     def feature(self) -> str:
-        return PROBE_FEATURE[self.name]
+        return self.input_key or PROBE_FEATURE[self.name]
 
 
 def build_groups(
@@ -192,6 +194,60 @@ def _loader(views: Views, batches: list[list[int]], workers: int, device: torch.
     return DataLoader(views, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
 
 
+def run_epochs(
+    groups: list[HeadGroup],
+    views: Any,
+    idx: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    step_fn: Callable[[torch.Tensor, torch.Tensor, int, int], None],
+    cfg: ProbeConfig,
+    seed: int,
+    device: torch.device,
+    ranks: Ranks,
+    state: Path,
+    key: str,
+    log: Log | None = None,
+    field: str = "probe.paper.batch_size",
+) -> int:
+    """The online probes' training loop: ``epochs`` epochs over the items ``idx`` of ``views`` (a
+    dataset of ``(x, y, index)`` whose ``epoch`` attribute picks the fresh augmentation), a
+    seeded order per epoch, each global batch split over ranks, ``step_fn(x, y, step, total)``
+    per batch; resumes from ``state`` and saves it every ``paper.checkpoint_every`` steps and at
+    every epoch end. Returns the number of steps taken in this call."""
+    pc = cfg.paper
+    n = len(idx)
+    B = min(batch_size, n - n % ranks.world)
+    if B % ranks.world or B < ranks.world:
+        raise BootlegError(f"{field}: {batch_size} is not divisible by the {ranks.world} ranks")
+    steps = n // B
+    total = epochs * steps
+    for g in groups:
+        g.warmup = round(g.sweep.warmup_epochs * steps)
+    e0, s0 = _load_state(state, groups, key)
+    if (e0, s0) != (0, 0) and log:
+        log(f"probe: resuming {state} at epoch {e0} step {s0}")
+    taken = 0
+    for epoch in range(e0, epochs):
+        for g in groups:
+            g.module.train()
+        views.epoch = epoch
+        order = idx[torch.randperm(n, generator=generator(seed, 7, epoch))]
+        first = s0 if epoch == e0 else 0
+        batches = [order[s * B : (s + 1) * B][ranks.rank :: ranks.world].tolist() for s in range(first, steps)]
+        for s, (x, y, _) in enumerate(_loader(views, batches, pc.workers, device), start=first):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            step_fn(x, y, epoch * steps + s, total)
+            taken += 1
+            if pc.checkpoint_every and (s + 1) % pc.checkpoint_every == 0 and s + 1 < steps:
+                _save_state(state, groups, epoch, s + 1, key, ranks)
+        _save_state(state, groups, epoch + 1, 0, key, ranks)
+    for g in groups:
+        _sync_buffers(g.module, ranks)
+        g.module.eval()
+    return taken
+
+
 def train_heads(
     groups: list[HeadGroup],
     encoder: ViTEncoder,
@@ -207,38 +263,13 @@ def train_heads(
 ) -> int:
     """Train every group for ``cfg.paper.epochs`` epochs over the items ``idx`` of ``train``
     (resuming from ``state``); returns the number of training steps taken in this call."""
-    pc = cfg.paper
-    n = len(idx)
-    B = min(pc.batch_size, n - n % ranks.world)
-    if B % ranks.world or B < ranks.world:
-        raise BootlegError(f"probe.paper.batch_size: {pc.batch_size} is not divisible by the {ranks.world} ranks")
-    steps = n // B
-    total = pc.epochs * steps
-    for g in groups:
-        g.warmup = round(g.sweep.warmup_epochs * steps)
-    e0, s0 = _load_state(state, groups, key)
-    if (e0, s0) != (0, 0) and log:
-        log(f"probe: resuming {state} at epoch {e0} step {s0}")
     views = Views(train, train_views(encoder.img_size, cfg.augment), seed)
-    taken = 0
-    for epoch in range(e0, pc.epochs):
-        for g in groups:
-            g.module.train()
-        views.epoch = epoch
-        order = idx[torch.randperm(n, generator=generator(seed, 7, epoch))]
-        first = s0 if epoch == e0 else 0
-        batches = [order[s * B : (s + 1) * B][ranks.rank :: ranks.world].tolist() for s in range(first, steps)]
-        for s, (x, y, _) in enumerate(_loader(views, batches, pc.workers, device), start=first):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            train_step(groups, encoder, x, y, epoch * steps + s, total, cfg.precision, ranks)
-            taken += 1
-            if pc.checkpoint_every and (s + 1) % pc.checkpoint_every == 0 and s + 1 < steps:
-                _save_state(state, groups, epoch, s + 1, key, ranks)
-        _save_state(state, groups, epoch + 1, 0, key, ranks)
-    for g in groups:
-        _sync_buffers(g.module, ranks)
-        g.module.eval()
-    return taken
+
+    def step(x: torch.Tensor, y: torch.Tensor, t: int, total: int) -> None:
+        train_step(groups, encoder, x, y, t, total, cfg.precision, ranks)
+
+    pc = cfg.paper
+    return run_epochs(groups, views, idx, pc.epochs, pc.batch_size, step, cfg, seed, device, ranks, state, key, log)
 
 
 def _sync_buffers(module: nn.Module, ranks: Ranks) -> None:

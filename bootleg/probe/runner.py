@@ -37,6 +37,7 @@ from bootleg.probe.features import (
 )
 from bootleg.probe.knn import knn_classify
 from bootleg.probe.online import run_online
+from bootleg.probe.online_seg import run_online_seg
 from bootleg.probe.plots import plot_confusion, plot_sweep
 from bootleg.probe.results import ProbeReport, ProbeResult
 from bootleg.probe.segdata import SegSet, finalize_classes, load_seg_folder, pasted_objects
@@ -296,9 +297,6 @@ def run_probes(
     except ValueError as e:
         raise BootlegError(f"--probes: {e}") from None
     paper = cfg.protocol == "paper"
-    if paper and any(n in SEGMENT_PROBES for n in names):
-        seg = ", ".join(n for n in names if n in SEGMENT_PROBES)
-        raise BootlegError(f"probe.protocol: 'paper' covers the classification probes; run {seg} with 'quick'")
     dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")), field="device")
     t0 = time.perf_counter()
     weights = resolve_checkpoint(checkpoint)
@@ -333,7 +331,14 @@ def run_probes(
         results, splits = _classify(encoder, cls_names, cfg, train_set, test_set, seed, dev, timer, out)
         report.splits.update(splits)
         _add_results(report, cls_names, results)
-    if seg_names:
+    if seg_names and paper:
+        t0 = time.perf_counter()
+        derived = None if cfg.seg.root else _seg_sets(cfg, encoder.img_size, name, train_set, test_set, seed)
+        results, info = run_online_seg(encoder, seg_names, cfg, derived, seed, dev, out, str(checkpoint), log)
+        report.splits["seg"] = info
+        _add_results(report, seg_names, results)
+        timer("paper_seg", t0)
+    elif seg_names:
         train, test = _seg_sets(cfg, encoder.img_size, name, train_set, test_set, seed)
         results, info = _segment(encoder, seg_names, cfg, train, test, seed, dev, timer, out)
         report.splits["seg"] = info

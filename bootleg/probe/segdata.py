@@ -188,6 +188,49 @@ def _square(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return y[:, top : top + size, left : left + size]
 
 
+def open_seg_root(root: str | Path, layout: str = "auto") -> tuple[Path, str]:
+    """``(folder, layout)`` of a segmentation tree; a one-line error when it is not one."""
+    r = Path(root).expanduser()
+    if not r.is_dir():
+        raise BootlegError(
+            f"probe.seg.root: {r} is not a folder; expected an ADE20K, Cityscapes or images/ + masks/ tree"
+        )
+    return r, (detect_layout(r) if layout == "auto" else layout)
+
+
+def seg_pairs(root: Path, layout: str, split: str, limit: int | None = None) -> list[tuple[Path, Path]]:
+    """The first ``limit`` (image, mask) pairs of ``split`` in sorted order; an error when none."""
+    pairs = _pairs(layout, root, split)
+    if not pairs:
+        raise BootlegError(f"probe.seg.root: {root} has no {split} images for the {layout} layout; see docs/probes.md")
+    return pairs[:limit] if limit else pairs
+
+
+def read_pair(img_path: Path, lab_path: Path, reduce: bool, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pair at full resolution: ``(3, H, W)`` uint8 image and ``(H, W)`` long labels
+    (ADE20K's ``reduce_zero_label`` applied when ``reduce``)."""
+    from PIL import Image
+
+    try:
+        with Image.open(img_path) as im:
+            img = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+        with Image.open(lab_path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise BootlegError(
+                    f"probe.seg.root: {lab_path} is a {im.mode} image; expected a single-channel label PNG"
+                )
+            lab = torch.from_numpy(np.asarray(im).astype(np.int64))
+    except BootlegError:
+        raise
+    except Exception as e:  # PIL raises many types on corrupt input
+        raise BootlegError(f"probe.seg.root: {img_path} or its mask is not readable ({type(e).__name__})") from None
+    if lab.shape != img.shape[1:]:
+        raise BootlegError(f"probe.seg.root: {lab_path} is {tuple(lab.shape)}, its image {tuple(img.shape[1:])}")
+    if reduce:
+        lab = torch.where((lab == 0) | (lab == ignore_index), ignore_index, lab - 1)
+    return img, lab
+
+
 def load_seg_folder(
     root: str | Path,
     split: str,
@@ -204,38 +247,11 @@ def load_seg_folder(
     ``reduce_zero_label`` (default for ADE20K) label 0 becomes ``ignore_index`` and the others
     shift down by one. ``limit`` keeps the first ``limit`` pairs in sorted order.
     """
-    from PIL import Image
-
-    r = Path(root).expanduser()
-    if not r.is_dir():
-        raise BootlegError(
-            f"probe.seg.root: {r} is not a folder; expected an ADE20K, Cityscapes or images/ + masks/ tree"
-        )
-    lay = detect_layout(r) if layout == "auto" else layout
+    r, lay = open_seg_root(root, layout)
     reduce = (lay == "ade20k") if reduce_zero_label is None else reduce_zero_label
-    pairs = _pairs(lay, r, split)
-    if not pairs:
-        raise BootlegError(f"probe.seg.root: {r} has no {split} images for the {lay} layout; see docs/probes.md")
-    pairs = pairs[:limit] if limit else pairs
     images, masks = [], []
-    for img_path, lab_path in pairs:
-        try:
-            with Image.open(img_path) as im:
-                img = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-            with Image.open(lab_path) as im:
-                if im.mode not in ("L", "P", "I", "I;16"):
-                    raise BootlegError(
-                        f"probe.seg.root: {lab_path} is a {im.mode} image; expected a single-channel label PNG"
-                    )
-                lab = torch.from_numpy(np.asarray(im).astype(np.int64))
-        except BootlegError:
-            raise
-        except Exception as e:  # PIL raises many types on corrupt input
-            raise BootlegError(f"probe.seg.root: {img_path} or its mask is not readable ({type(e).__name__})") from None
-        if lab.shape != img.shape[1:]:
-            raise BootlegError(f"probe.seg.root: {lab_path} is {tuple(lab.shape)}, its image {tuple(img.shape[1:])}")
-        if reduce:
-            lab = torch.where((lab == 0) | (lab == ignore_index), ignore_index, lab - 1)
+    for img_path, lab_path in seg_pairs(r, lay, split, limit):
+        img, lab = read_pair(img_path, lab_path, reduce, ignore_index)
         images.append(_square(img, size, "bilinear").clamp_(0, 255).round_().to(torch.uint8))
         masks.append(_square(lab[None], size, "nearest")[0].to(torch.int16))
     return SegSet(torch.stack(images), torch.stack(masks), [], ignore_index, f"{lay}({r.name})/{split}")
