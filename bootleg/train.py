@@ -243,6 +243,9 @@ class Trainer:
             raise BootlegError(f"{path}: does not match this run's networks ({str(e).splitlines()[0]})") from None
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        if self.stream.streaming and "data" in state:  # bad-image counts carry over a resume
+            self.stream.bad_images = int(state["data"]["bad_images"])
+            self.stream.images_read = int(state["data"]["images_read"])
 
     def save(self) -> None:
         if not self.dist.main:
@@ -254,6 +257,8 @@ class Trainer:
             "rng": rng_state(),
             "config": self.cfg.model_dump(mode="json"),
         }
+        if self.stream.streaming:
+            state["data"] = {"bad_images": self.stream.bad_images, "images_read": self.stream.images_read}
         save_checkpoint(self.out / CHECKPOINT_FILE, state)
 
     # -------------------------------------------------------------- steps

@@ -266,6 +266,8 @@ def test_shard_training_survives_bad_files_and_resumes_byte_identical(tmp_path: 
     assert len(bad_names) == 2 and all(n in ref_err for n in bad_names)  # each named in a warning
     rows = [json.loads(ln) for ln in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 30 and rows[-1]["bad_images"] >= 2
+    cut = [json.loads(ln) for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert cut[-1]["bad_images"] == rows[-1]["bad_images"]  # the count carries over the resume
 
 
 def test_decode_crop_matches_pils_resize_of_the_same_box() -> None:
