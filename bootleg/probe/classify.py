@@ -21,7 +21,7 @@ from torch import nn
 
 from bootleg.io import trunc_normal
 from bootleg.probe.config import SweepConfig
-from bootleg.probe.sweep import fit, predict, rows, select_best, take_head
+from bootleg.probe.sweep import fit, predict, rows, select_best, sweep_entry, take_head
 
 #: which cached feature each trained probe reads
 PROBE_FEATURE = {"linear_patch": "mean", "linear_cls": "cls", "attentive": "tokens"}
@@ -215,12 +215,6 @@ def run_trained_probe(
     entry = {
         "top1": round(float(topk_correct(logits, y, 1)[0]) * 100, 4),
         "top5": round(float(topk_correct(logits, y, 5)[0]) * 100, 4),
-        "best": {"lr": float(sweep.lrs[best // len(sweep.wds)]), "wd": float(sweep.wds[best % len(sweep.wds)])},
-        "val_top1": round(float(val_grid.reshape(-1)[best]), 4),
-        "grid": {
-            "lr": [float(x) for x in sweep.lrs],
-            "wd": [float(x) for x in sweep.wds],
-            "val_top1": [[round(float(a), 4) for a in row] for row in val_grid],
-        },
+        **sweep_entry(sweep, val_grid, best, "top1"),
     }
     return SweepOutcome(entry, val_grid, confusion)

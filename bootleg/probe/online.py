@@ -42,7 +42,7 @@ from bootleg.probe.data import Views, eval_views, open_split, split_train_val, t
 from bootleg.probe.features import autocast_for, probe_inputs
 from bootleg.probe.knn import knn_classify
 from bootleg.probe.plots import plot_confusion, plot_sweep
-from bootleg.probe.sweep import BatchedAdamW, grid, lr_factor, select_best, take_head
+from bootleg.probe.sweep import BatchedAdamW, grid, lr_factor, select_best, sweep_entry, take_head
 
 STATE_FILE = "probe_state.pt"
 #: confusion matrices (and their plots) only up to this many classes
@@ -394,18 +394,10 @@ def _gather(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _entry(g: HeadGroup, val: Scores, test: Scores, best: int) -> dict[str, Any]:
-    sw = g.sweep
-    val_grid = (val.top1[g.name] / val.n * 100).view(len(sw.lrs), len(sw.wds))
     return {
         "top1": round(float(test.top1[g.name][0]) / test.n * 100, 4),
         "top5": round(float(test.top5[g.name][0]) / test.n * 100, 4),
-        "best": {"lr": float(sw.lrs[best // len(sw.wds)]), "wd": float(sw.wds[best % len(sw.wds)])},
-        "val_top1": round(float(val_grid.reshape(-1)[best]), 4),
-        "grid": {
-            "lr": [float(x) for x in sw.lrs],
-            "wd": [float(x) for x in sw.wds],
-            "val_top1": [[round(float(a), 4) for a in row] for row in val_grid],
-        },
+        **sweep_entry(g.sweep, val.top1[g.name] / val.n * 100, best, "top1"),
     }
 
 

@@ -58,7 +58,7 @@ from bootleg.probe.segment import (
     upsample_logits,
 )
 from bootleg.probe.segstream import SegTrainViews, eval_resize, num_classes, open_seg_items, windows
-from bootleg.probe.sweep import BatchedAdamW, grid, lr_factor, select_best, take_head
+from bootleg.probe.sweep import BatchedAdamW, grid, lr_factor, select_best, sweep_entry, take_head
 
 SEG_STATE_FILE = "probe_seg_state.pt"
 TRAINED = ("seg_linear", "seg_block")
@@ -240,23 +240,6 @@ def seg_knn_bank(
     return bank[: pc.knn_bank], lab_t[: pc.knn_bank]
 
 
-def _head_entry(sweep: SweepConfig, val: torch.Tensor, best: int, test_conf: torch.Tensor) -> dict[str, Any]:
-    W = len(sweep.wds)
-    test_m, per_class = miou(test_conf)
-    grid_v = val.view(len(sweep.lrs), W)
-    return {
-        "miou": test_m,
-        "best": {"lr": float(sweep.lrs[best // W]), "wd": float(sweep.wds[best % W])},
-        "val_miou": round(float(val[best]), 4),
-        "per_class_iou": per_class,
-        "grid": {
-            "lr": [float(v) for v in sweep.lrs],
-            "wd": [float(v) for v in sweep.wds],
-            "val_miou": [[round(float(v), 4) for v in row] for row in grid_v],
-        },
-    }
-
-
 def run_online_seg(
     encoder: ViTEncoder,
     names: list[str],
@@ -306,7 +289,9 @@ def run_online_seg(
     tst = evaluate_seg(chosen, encoder, test, te_idx, cfg, classes, ignore, device, ranks, bank)
     entries: dict[str, dict[str, Any]] = {}
     for g in groups:
-        entries[g.name] = _head_entry(g.sweep, val_m[g.name], best[g.name], tst.heads[g.name][0])
+        test_m, per_class = miou(tst.heads[g.name][0])
+        entries[g.name] = {"miou": test_m, **sweep_entry(g.sweep, val_m[g.name], best[g.name], "miou"),
+                           "per_class_iou": per_class}  # fmt: skip
         if ranks.rank == 0:
             sw, b = g.sweep, best[g.name]
             plot_sweep(val_m[g.name].view(len(sw.lrs), len(sw.wds)), sw.lrs, sw.wds, (b // len(sw.wds), b % len(sw.wds)),

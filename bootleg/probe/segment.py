@@ -25,7 +25,7 @@ from bootleg.io import trunc_normal
 from bootleg.probe.config import SweepConfig
 from bootleg.probe.features import autocast_for
 from bootleg.probe.knn import knn_segment
-from bootleg.probe.sweep import fit, rows, select_best, take_head
+from bootleg.probe.sweep import fit, rows, select_best, sweep_entry, take_head
 
 
 class SegLinearHeads(nn.Module):
@@ -276,17 +276,6 @@ def run_seg_head(
     best = select_best(val)
     one = take_head(module, best)
     test_m, per_class = miou(_head_confusions(one, test_x, test_masks, classes, ignore_index, device, precision)[0])
-    W = len(sweep.wds)
-    grid_v = val.view(len(sweep.lrs), W)
-    entry = {
-        "miou": test_m,
-        "best": {"lr": float(sweep.lrs[best // W]), "wd": float(sweep.wds[best % W])},
-        "val_miou": round(float(val[best]), 4),
-        "per_class_iou": per_class,
-        "grid": {
-            "lr": [float(v) for v in sweep.lrs],
-            "wd": [float(v) for v in sweep.wds],
-            "val_miou": [[round(float(v), 4) for v in row] for row in grid_v],
-        },
-    }
+    entry = {"miou": test_m, **sweep_entry(sweep, val, best, "miou"), "per_class_iou": per_class}
+    grid_v = val.view(len(sweep.lrs), len(sweep.wds))
     return SegOutcome(entry, grid_v)

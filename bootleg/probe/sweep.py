@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -172,3 +173,20 @@ def select_best(val_acc: torch.Tensor) -> int:
     Only validation scores are ever passed here; test data never chooses a head."""
     acc = torch.nan_to_num(val_acc.double(), nan=-1.0)
     return int(torch.argmax(acc))
+
+
+def sweep_entry(sweep: SweepConfig, val: torch.Tensor, best: int, metric: str) -> dict[str, Any]:
+    """What a probe entry says of its grid: the selected ``best`` ``{lr, wd}``, its
+    ``val_<metric>`` and the ``grid`` of validation scores. ``val``: the ``H`` heads' validation
+    scores in percent, LR-major (as :func:`grid`)."""
+    W = len(sweep.wds)
+    g = val.reshape(len(sweep.lrs), W)
+    return {
+        "best": {"lr": float(sweep.lrs[best // W]), "wd": float(sweep.wds[best % W])},
+        f"val_{metric}": round(float(val.reshape(-1)[best]), 4),
+        "grid": {
+            "lr": [float(v) for v in sweep.lrs],
+            "wd": [float(v) for v in sweep.wds],
+            f"val_{metric}": [[round(float(v), 4) for v in row] for row in g],
+        },
+    }
