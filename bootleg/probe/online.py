@@ -209,6 +209,7 @@ def run_epochs(
     key: str,
     log: Log | None = None,
     field: str = "probe.paper.batch_size",
+    desc: str = "heads",
 ) -> int:
     """The online probes' training loop: ``epochs`` epochs over the items ``idx`` of ``views`` (a
     dataset of ``(x, y, index)`` whose ``epoch`` attribute picks the fresh augmentation), a
@@ -228,6 +229,7 @@ def run_epochs(
     if (e0, s0) != (0, 0) and log:
         log(f"probe: resuming {state} at epoch {e0} step {s0}")
     taken = 0
+    bar = _bar(log is not None and ranks.rank == 0, e0 * steps + s0, total, desc)
     for epoch in range(e0, epochs):
         for g in groups:
             g.module.train()
@@ -239,13 +241,27 @@ def run_epochs(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             step_fn(x, y, epoch * steps + s, total)
             taken += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}", refresh=False)
             if pc.checkpoint_every and (s + 1) % pc.checkpoint_every == 0 and s + 1 < steps:
                 _save_state(state, groups, epoch, s + 1, key, ranks)
         _save_state(state, groups, epoch + 1, 0, key, ranks)
+    if bar is not None:
+        bar.close()
     for g in groups:
         _sync_buffers(g.module, ranks)
         g.module.eval()
     return taken
+
+
+def _bar(enabled: bool, start: int, total: int, desc: str) -> Any:
+    """A tqdm progress bar of the training steps on stderr (``None`` when disabled)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"probe {desc}", unit="step", mininterval=1.0, dynamic_ncols=True)
 
 
 def train_heads(

@@ -274,7 +274,7 @@ def run_online_seg(
             seg_train_step(groups, encoder, x, y, t, total, ignore, cfg.precision, ranks)
 
         taken = run_epochs(groups, views, tr, pc.epochs, pc.batch_size, step, cfg, seed, device, ranks,
-                           out / SEG_STATE_FILE, key, log, field="probe.seg.paper.batch_size")  # fmt: skip
+                           out / SEG_STATE_FILE, key, log, field="probe.seg.paper.batch_size", desc="dense heads")  # fmt: skip
         if log:
             log(f"probe: trained {sum(int(g.module.heads) for g in groups)} dense heads, {taken} steps")
     bank = seg_knn_bank(encoder, train, tr, cfg, ignore, seed, device, ranks) if "seg_knn" in names else None
