@@ -42,10 +42,12 @@ CLASSIFIER_FILE = "classifier.safetensors"
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float) -> torch.Tensor:
     """Sorted indices keeping ``max(1, round(fraction * n_c))`` items of each class ``c``,
-    drawn with a fixed seed: the same subset for every run, method and checkpoint."""
+    drawn with a fixed seed: the same subset for every run, method and checkpoint. One sort
+    groups the classes (iNat21: 10,000 classes, 2.7M images), no pass over the labels per class."""
+    order = torch.argsort(labels, stable=True)  # within a class, indices stay ascending
+    classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
     keep = []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().flatten()
+    for c, idx in zip(classes.tolist(), order.split(counts.tolist()), strict=True):
         k = max(1, round(fraction * len(idx)))
         keep.append(idx[torch.randperm(len(idx), generator=generator(0, 13, int(c)))[:k]])
     return torch.cat(keep).sort().values
