@@ -94,8 +94,13 @@ def test_low_shot_subset_with_10000_classes() -> None:
 
 def test_writes_result_and_a_timm_classifier(run_dir: Path, tmp_path: Path) -> None:
     cfg = FinetuneConfig.model_validate({**SHORT, "fraction": 0.5})
-    res = finetune(run_dir, tmp_path, cfg, device="cpu")
+    epochs: list[dict[str, float]] = []
+    res = finetune(run_dir, tmp_path, cfg, device="cpu", on_epoch=epochs.append)
     assert res["metric"] == "top1" and 0 <= res["score"] <= res["top5"] <= 100
+    per_epoch = res["steps"] // 2
+    assert [(e["epoch"], e["step"]) for e in epochs] == [(1, per_epoch), (2, 2 * per_epoch)]
+    assert all(e["train_loss"] > 0 and e["lr"] > 0 for e in epochs)
+    assert epochs[1]["lr"] < epochs[0]["lr"]  # past the warm-up, the cosine decays
     expected = class_balanced_subset(labels_of(open_split("embedded", "train", limit=400)), 0.5)
     assert res["train_images"] == len(expected) and 190 <= len(expected) <= 210 and res["classes"] == 10
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == res
