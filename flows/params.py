@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bootleg.errors import BootlegError
+from bootleg.finetune import load_finetune_config
 from bootleg.masking import SAMPLERS
 from bootleg.presets import METHODS
 
@@ -71,11 +72,33 @@ class PipelineParams(FlowParams):
     resume: bool = Field(False, description="continue the run folder's checkpoint")
     tracking_uri: str | None = Field(None, description="MLflow server (default MLFLOW_TRACKING_URI or embedded)")
     parent_run_id: str | None = Field(None, description="nest the MLflow run under this one")
+    finetune: bool = Field(
+        False, description="after the probes, fine-tune the encoder end to end (bootleg finetune) into OUT/finetune"
+    )
+    finetune_set: list[str] = Field(
+        default_factory=list,
+        description="fine-tuning settings key=value (bootleg finetune --set), e.g. epochs=10, fraction=0.01, limit=5000",
+    )
 
     @field_validator("overrides")
     @classmethod
     def _ov(cls, v: list[str]) -> list[str]:
         return _check_overrides(v)
+
+    @field_validator("finetune_set")
+    @classmethod
+    def _ft(cls, v: list[str]) -> list[str]:
+        try:
+            load_finetune_config({}, _check_overrides(v))
+        except BootlegError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _ft_on(self) -> PipelineParams:
+        if self.finetune_set and not self.finetune:
+            raise ValueError("finetune_set: fine-tuning settings given but finetune is false; set finetune: true")
+        return self
 
     @field_validator("experiment", "model_name", "alias")
     @classmethod

@@ -1,4 +1,5 @@
-"""The ``pipeline`` flow: prepare data -> pretrain -> register the encoder -> probes -> report.
+"""The ``pipeline`` flow: prepare data -> pretrain -> register the encoder -> probes ->
+[fine-tune] -> report.
 
 Thin over the library: every task calls one public function and hands the next task only
 small values (config path and overrides, folders, run ids, model URIs). The MLflow run
@@ -8,6 +9,7 @@ With ``nproc > 1`` pretraining runs under ``torchrun`` in a subprocess and its
 ``metrics.jsonl`` is followed to feed the same tracking.
 
     python -m flows.pipeline --params params.yaml --set run.steps=100 [--nproc 4]
+        [--finetune [--finetune-set epochs=10 ...] [--finetune-fraction 0.01]]
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary local server on the database in
 ``$PREFECT_HOME`` (``make demo`` uses ``.prefect/``), so the flow run record stays there.
@@ -33,6 +35,7 @@ from bootleg.io import atomic_write_text
 from bootleg.probe.results import ProbeReport
 from flows import registry, report, tracking
 from flows.cli import add_common_args, bindir, run_cli, ui_commands
+from flows.finetune import FINETUNE_DIR, finetune_step
 from flows.launch import PrefectProgress, torchrun_pretrain
 from flows.params import PipelineParams, validate
 from flows.provenance import dataset_fingerprint
@@ -283,7 +286,7 @@ SUMMARY_FILE = "summary.json"
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa: B008 - pydantic default
-    """Prepare data -> pretrain -> register the encoder in MLflow -> probes -> report."""
+    """Prepare data -> pretrain -> register the encoder in MLflow -> probes -> [fine-tune] -> report."""
     spec = validate(PipelineParams, spec)
     uri = tracking.configure(spec.tracking_uri)  # one-line error if a given server is down
     run_name = spec.run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -318,6 +321,7 @@ def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa
         checkpoint = out
         if spec.register_model:
             summary["model_uri"] = checkpoint = register_step(run_id, out, spec.model_name, spec.tracking_uri)
+        rep: ProbeReport | None = None
         if spec.probes is None or spec.probes:
             probe_dir = str(Path(out) / "probe")
             summary["probe"] = probe = probe_step(
@@ -335,17 +339,22 @@ def pipeline(spec: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa
             if metric is None:
                 raise BootlegError(f"alias_metric: {spec.alias_metric!r} is not one of {', '.join(rep.metrics())}")
             summary["alias_metric"] = metric
-            if spec.register_model:
-                version = summary["model_uri"].rsplit("/", 1)[-1]
-                key = compare_key(spec, data["sha256"], rep, metric)
-                promo = promote_step(
-                    spec.model_name, spec.alias, version, key, rep.metrics()[metric], kind, spec.promote, run_id,
-                    spec.tracking_uri,
-                )  # fmt: skip
-                summary["promotion"] = promo
-                summary["rule"] = registry.RULE.format(alias=spec.alias)
-                if promo["champion"]:
-                    summary["alias_uri"] = f"models:/{spec.model_name}@{spec.alias}"
+        if spec.finetune:
+            summary["finetune"] = finetune_step(
+                out, str(Path(out) / FINETUNE_DIR), spec.params, overrides, spec.finetune_set, run_id, spec.tracking_uri
+            )
+        if rep is not None and spec.register_model:
+            metric = summary["alias_metric"]
+            version = summary["model_uri"].rsplit("/", 1)[-1]
+            key = compare_key(spec, data["sha256"], rep, metric)
+            promo = promote_step(
+                spec.model_name, spec.alias, version, key, rep.metrics()[metric], kind, spec.promote, run_id,
+                spec.tracking_uri,
+            )  # fmt: skip
+            summary["promotion"] = promo
+            summary["rule"] = registry.RULE.format(alias=spec.alias)
+            if promo["champion"]:
+                summary["alias_uri"] = f"models:/{spec.model_name}@{spec.alias}"
         summary["report"] = report_step(summary, run_id, spec.tracking_uri)
     except BaseException:
         tracking.end_run(run_id, "FAILED", uri=spec.tracking_uri)
@@ -391,6 +400,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             if not gains or min(gains) <= 0:
                 print("  -> this short run did not beat a randomly initialised encoder on every probe;")
                 print("     `make demo LONG=1` runs the longer setting that does (README: Demo).")
+    if ft := summary.get("finetune"):
+        print(f"\nFine-tuned end to end: top1 {ft['score']:.1f}  top5 {ft['top5']:.1f}  ({ft['train_images']} train "
+              f"images, {ft['config']['epochs']} epochs)  {Path(summary['run_dir']) / FINETUNE_DIR}")  # fmt: skip
     if summary.get("report"):
         print(f"\n  report:              {summary['report']}")
     flow_db = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "prefect.db"
@@ -407,7 +419,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print("  " + line)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[PipelineParams, argparse.Namespace]:
+    """The command line as :class:`PipelineParams` (one-line :class:`BootlegError` when invalid)."""
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--out", help="run folder (default runs/<experiment>/<run name>)")
@@ -423,6 +436,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--launcher", choices=["auto", "inprocess", "torchrun"])
     p.add_argument("--no-register", action="store_true", help="do not register the encoder")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--finetune", action="store_true", help="after the probes, fine-tune the encoder into OUT/finetune")
+    p.add_argument(
+        "--finetune-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fine-tuning setting (bootleg finetune --set), repeatable; implies --finetune",
+    )
+    p.add_argument(
+        "--finetune-fraction", type=float, help="class-balanced train fraction, e.g. 0.01; implies --finetune"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = p.parse_args(argv)
     raw: dict[str, Any] = {"params": a.params, "overrides": a.set}
@@ -445,7 +469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw["probes"] = [s for s in a.probes.split(",") if s.strip()]
     raw["register_model"] = not a.no_register
     raw["resume"] = a.resume
-    spec = validate(PipelineParams, raw)
+    fraction = [] if a.finetune_fraction is None else [f"fraction={a.finetune_fraction!r}"]
+    raw["finetune_set"] = [*a.finetune_set, *fraction]
+    raw["finetune"] = a.finetune or bool(raw["finetune_set"])
+    return validate(PipelineParams, raw), a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    spec, a = parse_args(argv)
     _cfg(spec.params, spec.overrides)  # one-line config errors before Prefect starts
     tracking.configure(spec.tracking_uri)  # and an unreachable server
     summary = pipeline(spec)

@@ -269,9 +269,19 @@ def probe_table(probe: ProbeReport, baseline: ProbeReport | None = None) -> str:
     return to_markdown(cols, rows)
 
 
+def finetune_line(ft: Mapping[str, Any]) -> str:
+    """One markdown line with the end-to-end fine-tuning score of ``finetune.json``."""
+    subset = f", {ft['fraction']:g} of each class" if ft.get("fraction") else ""
+    return (
+        f"**Fine-tuned end to end** ({ft['dataset']}, `finetune/finetune.json`): top-1 **{ft['score']:.1f}** %, "
+        f"top-5 {ft['top5']:.1f} % ({ft['train_images']} train images{subset}, {ft['config']['epochs']} epochs)"
+    )
+
+
 def run_report(summary: Mapping[str, Any]) -> str:
     """Markdown summary of one pipeline run: where things are, probe scores (beside a randomly
-    initialised encoder's when measured) and what the ``@champion`` rule decided."""
+    initialised encoder's when measured), the fine-tuning score when it ran, and what the
+    ``@champion`` rule decided."""
     lines = [f"# Pipeline run {summary.get('run_name', '')}", ""]
     for key, label in [
         ("run_dir", "Run folder"),
@@ -299,6 +309,8 @@ def run_report(summary: Mapping[str, Any]) -> str:
                 "too small to learn useful features (see README, `make demo LONG=1`)."
             )
             lines += [verdict, ""]
+    if ft := summary.get("finetune"):
+        lines += ([""] if lines[-1] and not lines[-1].endswith("\n") else []) + [finetune_line(ft), ""]
     promo = summary.get("promotion")
     if promo:
         lines += ["## Registry", "", f"- **Rule**: {summary.get('rule', '')}"]

@@ -73,10 +73,34 @@ def test_low_shot_subset_is_fixed_and_class_balanced() -> None:
     assert len(set(a.tolist())) == len(a)
 
 
+def test_low_shot_subset_with_10000_classes() -> None:
+    """iNat21's label space: 1% of 10,000 classes of 2 to 20 images keeps one image of every
+    class, and the subset is the one a per-class scan of the labels draws."""
+    from bootleg.io import generator
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10_000).repeat_interleave(torch.randint(2, 21, (10_000,), generator=g))
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    sub = class_balanced_subset(labels, 0.01)
+    per_class = torch.bincount(labels[sub], minlength=10_000)
+    assert per_class.min() == 1 and per_class.max() == 1  # max(1, round(0.01 * n))
+    reference = []
+    for c in range(10_000):
+        idx = (labels == c).nonzero().flatten()
+        k = max(1, round(0.5 * len(idx)))
+        reference.append(idx[torch.randperm(len(idx), generator=generator(0, 13, c))[:k]])
+    assert torch.equal(class_balanced_subset(labels, 0.5), torch.cat(reference).sort().values)
+
+
 def test_writes_result_and_a_timm_classifier(run_dir: Path, tmp_path: Path) -> None:
     cfg = FinetuneConfig.model_validate({**SHORT, "fraction": 0.5})
-    res = finetune(run_dir, tmp_path, cfg, device="cpu")
+    epochs: list[dict[str, float]] = []
+    res = finetune(run_dir, tmp_path, cfg, device="cpu", on_epoch=epochs.append)
     assert res["metric"] == "top1" and 0 <= res["score"] <= res["top5"] <= 100
+    per_epoch = res["steps"] // 2
+    assert [(e["epoch"], e["step"]) for e in epochs] == [(1, per_epoch), (2, 2 * per_epoch)]
+    assert all(e["train_loss"] > 0 and e["lr"] > 0 for e in epochs)
+    assert epochs[1]["lr"] < epochs[0]["lr"]  # past the warm-up, the cosine decays
     expected = class_balanced_subset(labels_of(open_split("embedded", "train", limit=400)), 0.5)
     assert res["train_images"] == len(expected) and 190 <= len(expected) <= 210 and res["classes"] == 10
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == res

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +16,7 @@ from PIL import Image
 from bootleg.errors import BootlegError
 from bootleg.probe.classify import AttentiveHeads, LinearHeads, topk_correct
 from bootleg.probe.config import ProbeConfig, expand_probe_names
-from bootleg.probe.knn import knn_classify, knn_segment
+from bootleg.probe.knn import knn_classify, knn_predict, knn_segment
 from bootleg.probe.segdata import finalize_classes, load_seg_folder, pasted_objects
 from bootleg.probe.segment import (
     SegBlockHeads,
@@ -22,6 +27,8 @@ from bootleg.probe.segment import (
     upsample_logits,
 )
 from bootleg.probe.sweep import BatchedAdamW, grid, lr_factor, select_best, take_head
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _perturbed(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
@@ -126,6 +133,63 @@ def test_knn_classify_separable_clusters() -> None:
     q = centres[y] + torch.randn(80, 4, generator=g)
     acc = knn_classify(bank, y, q, y, [1, 5, 20], classes=4)
     assert acc == {1: 100.0, 5: 100.0, 20: 100.0}
+
+
+def _one_hot_vote(
+    bank: torch.Tensor, bank_y: torch.Tensor, queries: torch.Tensor, ks: list[int], classes: int
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """The weighted kNN vote written the direct way: a ``(Q, K, C)`` one-hot of the neighbours'
+    labels times ``exp(cos / 0.07)``, summed over the first ``k`` neighbours; argmax (ties: the
+    lowest class). Returns the predictions and the summed votes ``(Q, K, C)``."""
+    sims, idx = (F.normalize(queries, dim=-1) @ F.normalize(bank, dim=-1).T).topk(min(max(ks), len(bank)), dim=-1)
+    votes = (F.one_hot(bank_y[idx], classes).float() * (sims / 0.07).exp()[..., None]).cumsum(1)
+    return {k: votes[:, min(k, votes.shape[1]) - 1].argmax(-1) for k in ks}, votes
+
+
+def test_knn_vote_equals_the_one_hot_vote_ties_included() -> None:
+    """Bank items repeated under other labels tie exactly: the vote into one (q, C) tensor
+    picks what the one-hot sum picks, the lowest class among the tied ones included."""
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(40, 8, generator=g)
+    bank = points.repeat(3, 1)  # every point three times
+    bank_y = torch.randint(0, 6, (120,), generator=g)
+    queries = torch.cat([points[:20], torch.randn(80, 8, generator=g)])
+    ks = [1, 2, 3, 5, 20, 20, 500]  # a repeat, and more than the bank holds
+    want, votes = _one_hot_vote(bank, bank_y, queries, ks, 6)
+    top2 = votes.topk(2, dim=-1).values
+    assert int((top2[..., 0] == top2[..., 1]).sum()) > 50  # the data ties often
+    got = knn_predict(bank, bank_y, queries, ks, 6)
+    for k in ks:
+        assert torch.equal(got[k], want[k]), k
+    acc = knn_classify(bank, bank_y, queries, bank_y[:100], ks, 6)
+    assert acc == {k: round(100.0 * int((want[k] == bank_y[:100]).sum()) / 100, 4) for k in ks}
+
+
+def test_knn_with_10000_classes_holds_no_one_hot() -> None:
+    """iNat21's label space: 10,000 classes and 100 neighbours give the one-hot vote's answers,
+    and 2,000 queries on a bank of 20,000 grow the process by far less than the 4 GB a
+    (1024, 100, 10000) one-hot chunk would take (measured in a fresh process)."""
+    g = torch.Generator().manual_seed(0)
+    bank, bank_y = torch.randn(20_000, 64, generator=g), torch.randint(0, 10_000, (20_000,), generator=g)
+    bank_y[:2_000] = bank_y[2_000:4_000]  # neighbours share classes: the votes add up
+    queries = bank[:16] + 0.1 * torch.randn(16, 64, generator=g)
+    want, _ = _one_hot_vote(bank, bank_y, queries, [1, 10, 100], 10_000)
+    got = knn_predict(bank, bank_y, queries, [1, 10, 100], 10_000)
+    assert all(torch.equal(got[k], want[k]) for k in (1, 10, 100))
+    code = (
+        "import resource, torch\n"
+        "from bootleg.probe.knn import knn_classify\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "bank, q = torch.randn(20_000, 64, generator=g), torch.randn(2_000, 64, generator=g)\n"
+        "by, qy = torch.randint(0, 10_000, (20_000,), generator=g), torch.randint(0, 10_000, (2_000,), generator=g)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "knn_classify(bank, by, q, qy, [10, 20, 100], 10_000)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) < 512, f"peak grew by {r.stdout.strip()} MB"
 
 
 def test_knn_segment_pixelwise_majority() -> None:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,12 @@ CLASSIFIER_FILE = "classifier.safetensors"
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float) -> torch.Tensor:
     """Sorted indices keeping ``max(1, round(fraction * n_c))`` items of each class ``c``,
-    drawn with a fixed seed: the same subset for every run, method and checkpoint."""
+    drawn with a fixed seed: the same subset for every run, method and checkpoint. One sort
+    groups the classes (iNat21: 10,000 classes, 2.7M images), no pass over the labels per class."""
+    order = torch.argsort(labels, stable=True)  # within a class, indices stay ascending
+    classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
     keep = []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().flatten()
+    for c, idx in zip(classes.tolist(), order.split(counts.tolist()), strict=True):
         k = max(1, round(fraction * len(idx)))
         keep.append(idx[torch.randperm(len(idx), generator=generator(0, 13, int(c)))[:k]])
     return torch.cat(keep).sort().values
@@ -169,9 +172,14 @@ def finetune(
     seed: int = 0,
     device: str = "auto",
     log: Any = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` end to end on ``cfg.data``; write ``finetune.json`` and
     ``classifier.safetensors`` into ``out``; resume from ``out/finetune_state.pt`` when present.
+
+    ``on_epoch`` (rank 0) receives ``{"epoch", "step", "train_loss", "lr"}`` at the end of
+    every epoch this call trains: the mean loss of the optimiser steps it ran in that epoch
+    (after a resume, those since the resume) and the base learning rate of its last step.
 
     Returns the content of ``finetune.json``: ``metric`` (``top1``), ``score`` (percent on the
     test split after the last epoch, as MAE reports), ``top5``, the resolved ``config``, the
@@ -258,6 +266,7 @@ def finetune(
             batches += [glob[a * micro : (a + 1) * micro].tolist() for a in range(cfg.accum)]
         loader = DataLoader(views, batch_sampler=batches, num_workers=cfg.workers, pin_memory=dev.type == "cuda")
         net.train()
+        loss_sum, ran = torch.zeros((), device=dev), 0
         for i, (x, y, _) in enumerate(loader):
             a = i % cfg.accum
             if a == 0:
@@ -272,6 +281,7 @@ def finetune(
             if not torch.isfinite(loss):
                 raise BootlegError(f"finetune: loss is {loss.item()} at step {step}; lower finetune.blr")
             loss.backward()
+            loss_sum += loss.detach()
             if a + 1 < cfg.accum:
                 continue
             if cfg.clip_grad:
@@ -279,11 +289,15 @@ def finetune(
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            ran += 1
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                 save(step)
         save(step)
         if log:
             log(f"finetune: epoch {epoch + 1}/{cfg.epochs} done (step {step}/{total})")
+        if on_epoch is not None and rank == 0 and ran:
+            last = lr_at(step - 1, total, warmup, lr, cfg.min_lr)
+            on_epoch({"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / ran, "lr": last})
 
     scores = evaluate(model, Views(test, eval_views(size, cfg.eval_crop), 0), torch.arange(len(test)),
                       max(1, micro), dev, cfg.precision)  # fmt: skip
