@@ -27,6 +27,7 @@ from pydantic import Field, ValidationError, model_validator
 from bootleg import presets
 from bootleg.data.config import DataConfig
 from bootleg.errors import BootlegError
+from bootleg.finetune.config import FinetuneConfig
 from bootleg.losses import LOSSES, MSE
 from bootleg.masking import MaskingConfig
 from bootleg.masking.bootleg import BootlegParams
@@ -129,6 +130,8 @@ class Config(Strict):
     data: DataConfig = DataConfig()
     run: RunConfig = RunConfig()
     probe: ProbeConfig = ProbeConfig()
+    #: settings of ``bootleg finetune`` and of the pipeline's ``finetune-encoder`` task
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> Config:

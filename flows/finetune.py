@@ -56,8 +56,8 @@ def finetune_step(
     run_id: str,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune the encoder of ``run_dir`` end to end with the ``finetune_set`` settings (the
-    run's seed and device); returns ``finetune.json``'s content. The run folder, not its
+    """Fine-tune the encoder of ``run_dir`` end to end with the config's ``finetune:`` section
+    and then the ``finetune_set`` settings (the run's seed and device); returns ``finetune.json``'s content. The run folder, not its
     ``models:/`` URI, is the checkpoint: the same weights, under a name that stays the same
     when the flow resumes (``finetune_state.pt`` is keyed on it)."""
     from bootleg.config import load_config
@@ -65,7 +65,7 @@ def finetune_step(
     from bootleg.finetune.run import RESULT_FILE, finetune
 
     cfg = load_config(params, overrides)
-    ft = load_finetune_config({}, finetune_set, "finetune_set")
+    ft = load_finetune_config(cfg.finetune.model_dump(exclude_unset=True), finetune_set, "finetune_set")
     logger = get_run_logger()
     cb = tracking.MLflowCallback(run_id, uri=tracking_uri, system_every=0)
 

@@ -156,8 +156,12 @@ def experiment_url(ui: str, exp_id: str) -> str:
 
 
 def flat_params(cfg: Any) -> dict[str, str]:
-    """The flattened config as MLflow params (strings, at most ``MAX_PARAM_LEN`` long)."""
+    """The flattened config as MLflow params (strings, at most ``MAX_PARAM_LEN`` long). A
+    config's ``finetune:`` section is left out: the ``finetune-encoder`` task logs its resolved
+    settings, under the same ``finetune.`` names, when it runs (MLflow params never change)."""
     flat = dict(cfg) if isinstance(cfg, Mapping) else flatten(cfg)
+    if not isinstance(cfg, Mapping):
+        flat = {k: v for k, v in flat.items() if not k.startswith("finetune.")}
     return {k: (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_LEN] for k, v in flat.items()}
 
 

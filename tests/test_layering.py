@@ -17,7 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "bootleg"
 
 #: exact names (package __init__ files) first, then the longest matching prefix
-EXACT = {"bootleg": 0, "bootleg.models": 1, "bootleg.masking": 1, "bootleg.probe": 1, "bootleg.data": 2}
+EXACT = {
+    "bootleg": 0,
+    "bootleg.models": 1,
+    "bootleg.masking": 1,
+    "bootleg.probe": 1,
+    "bootleg.finetune": 1,
+    "bootleg.data": 2,
+}
 PREFIX = {
     "bootleg.errors": 0,
     "bootleg.io": 0,
@@ -30,6 +37,7 @@ PREFIX = {
     "bootleg.export": 1,
     "bootleg.checkpoint": 1,
     "bootleg.probe.config": 1,
+    "bootleg.finetune.config": 1,
     "bootleg.probe.results": 1,
     "bootleg.targets": 2,
     "bootleg.data": 2,

@@ -18,8 +18,10 @@ from bootleg.errors import BootlegError
 from flows import tracking
 from flows.params import PipelineParams, validate
 
-#: two epochs of five steps on 160 images, every piece of MAE's recipe switched on
-FT_SET = ["limit=160", "test_limit=80", "epochs=2", "batch_size=32", "warmup_epochs=0.5", "workers=0", "eval_crop=1.0"]
+#: two epochs of five steps on 160 images, every piece of MAE's recipe switched on: part from
+#: the params file's ``finetune:`` section, the rest from the flow's ``finetune_set``
+FT_SECTION = {"epochs": 2, "batch_size": 32, "limit": 999}
+FT_SET = ["limit=160", "test_limit=80", "warmup_epochs=0.5", "workers=0", "eval_crop=1.0"]
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +52,7 @@ def task_names(flow_run_id: str) -> list[str]:
 def test_finetune_task_logs_to_the_pipeline_run(tiny_params: Path, tmp_path: Path, prefect_api: str) -> None:
     from flows.pipeline import pipeline
 
+    tiny_params.write_text(yaml.safe_dump({**TINY, "finetune": FT_SECTION}, sort_keys=False))
     base = {"params": str(tiny_params), "experiment": "pipeline-ft", "model_name": "ft-encoder"}
     summary = pipeline(
         PipelineParams(**base, out=str(tmp_path / "on"), run_name="on", finetune=True, finetune_set=FT_SET)
@@ -81,7 +84,8 @@ def test_finetune_task_logs_to_the_pipeline_run(tiny_params: Path, tmp_path: Pat
     names = task_names(run.data.tags["prefect.flow_run_id"])
     assert names.index("finetune-encoder") > names.index("probes")
 
-    # without the flag: no task, no folder, nothing named finetune in the run
+    # without the flag: no task, no folder, nothing named finetune in the run (the params
+    # file's finetune: section is not logged as params until a fine-tuning runs)
     off = pipeline(PipelineParams(**base, out=str(tmp_path / "off"), run_name="off", probes=[], register_model=False))
     run = c.get_run(off["run_id"])
     assert "finetune" not in off and not (tmp_path / "off" / "finetune").exists()
